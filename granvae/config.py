@@ -1,0 +1,80 @@
+"""One pydantic tree for every setting, loaded from params.yaml plus overrides.
+
+params.yaml is read by DVC stages and Prefect flows alike, so both run the
+same experiment; functions take only the piece of this tree they need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from granvae.models import ModelConfig
+from granvae.objectives import ObjectiveConfig
+from granvae.train import TrainConfig
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class DataConfig(BaseModel):
+    """Where the images come from: a generator (demos, science) or an MVTec-style folder."""
+
+    source: str = Field("surfaces", pattern="^(shapes|surfaces|folder)$")
+    path: str | None = None  # the MVTec-style root when source == "folder"
+    n_train: int = Field(2048, ge=1)
+    n_val: int = Field(256, ge=1)
+    n_test: int = Field(512, ge=1)
+    seed: int = 0
+    image_size: int = Field(64, ge=16)
+    channels: int = Field(1, ge=1, le=3)
+    store: str = "data/dataset"  # the dataset store folder DVC versions
+
+
+class Settings(BaseModel):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainConfig = TrainConfig()
+    extra: dict[str, Any] = Field(default_factory=dict)  # sections owned by later stages
+
+    model_config = {"extra": "allow"}
+
+
+class SettingsError(ValueError):
+    """A params file or override that does not fit the schema; names the file and field."""
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Defaults <- params.yaml (if present) <- overrides; errors name the file and the field."""
+    raw: dict[str, Any] = {}
+    source = Path(path) if path else DEFAULT_PARAMS
+    if source.exists():
+        try:
+            raw = yaml.safe_load(source.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise SettingsError(f"{source}: not valid YAML: {err}") from err
+    elif path:
+        raise SettingsError(f"{source}: params file not found")
+    merged = _merge(raw, overrides or {})
+    try:
+        return Settings(**merged)
+    except ValidationError as err:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise SettingsError(f"{source}: {fields}") from err

@@ -1,0 +1,68 @@
+"""Log densities written once, so objectives, metrics and export agree on every nat.
+
+Chen et al.'s beta-TCVAE code keeps log p(x|z), log p(z), log q(z|x) and
+log q(z) in one place; this module is that place for granvae.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_normal(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mu, exp(logvar)); broadcasting builds the B x B x D matrix."""
+    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+
+
+def log_standard_normal(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; 0, 1): the factorized prior p(z)."""
+    return -0.5 * (LOG_2PI + x.pow(2))
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-dimension analytic KL(N(mu, var) || N(0, 1)); shape of mu."""
+    return 0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar)
+
+
+def bernoulli_nll_map(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel -log p(x|z) for a Bernoulli decoder (x may be grey levels in [0, 1]).
+
+    Written as softplus(l) - x l rather than F.binary_cross_entropy_with_logits
+    so the ONNX exporter sees two plain ops and the edge graph matches torch.
+    """
+    return F.softplus(logits) - x * logits
+
+
+def gaussian_nll_map(x: torch.Tensor, mean: torch.Tensor, obs_std: float) -> torch.Tensor:
+    """Per-pixel -log p(x|z) for a Gaussian decoder with a fixed observation std."""
+    return 0.5 * ((x - mean) / obs_std).pow(2) + math.log(obs_std) + 0.5 * LOG_2PI
+
+
+NllMap = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+NLL_MAPS: dict[str, NllMap] = {
+    "bernoulli": lambda x, params, _std: bernoulli_nll_map(x, params),
+    "gaussian": gaussian_nll_map,
+}
+
+
+def recon_nll_map(likelihood: str, x: torch.Tensor, params: torch.Tensor, obs_std: float):
+    """Per-pixel reconstruction NLL, (N, C, H, W); the anomaly map sums it over channels."""
+    try:
+        fn = NLL_MAPS[likelihood]
+    except KeyError:
+        raise ValueError(
+            f"likelihood must be one of {sorted(NLL_MAPS)}, got {likelihood!r}"
+        ) from None
+    return fn(x, params, obs_std)
+
+
+def recon_mean(likelihood: str, params: torch.Tensor) -> torch.Tensor:
+    """The decoder's expected image, for pictures and reconstruction errors."""
+    return torch.sigmoid(params) if likelihood == "bernoulli" else params

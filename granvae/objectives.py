@@ -1,0 +1,179 @@
+"""The factorized-VAE loss family: vae, beta_vae, beta_tcvae and beta_stcvae.
+
+Every objective is one weighting of the exact KL decomposition in DESIGN.md,
+
+    E_x KL = I(x; z) + TC_between(groups of size g) + sum_k KL(q(z_Gk) || p(z_Gk)),
+
+so they share one implementation and differ only in (alpha, beta, gamma, g).
+The reported ELBO is always recon + analytic KL, whatever the weights: the
+weighted loss is that ELBO plus (w - 1) times each decomposition term, so with
+alpha = beta = gamma = 1 it is exactly -ELBO and the estimator noise cancels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, Field
+
+from granvae.distributions import (
+    kl_to_standard_normal,
+    log_normal,
+    log_standard_normal,
+    recon_nll_map,
+)
+from granvae.models import ModelConfig, VAEOutput
+
+TERM_NAMES = ("recon", "kl", "mi", "tc", "tc_between", "group_kl", "elbo", "loss")
+
+
+class ObjectiveConfig(BaseModel):
+    """Which member of the family, and its weights; see `resolve_weights`."""
+
+    name: str = Field("beta_stcvae", pattern="^(vae|beta_vae|beta_tcvae|beta_stcvae)$")
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    granularity: int = Field(1, ge=1)
+    estimator: str = Field("mws", pattern="^(mws|mss)$")
+
+
+def _vae(cfg: ObjectiveConfig, d: int) -> tuple[float, float, float, int]:
+    return 1.0, 1.0, 1.0, d
+
+
+def _beta_vae(cfg: ObjectiveConfig, d: int) -> tuple[float, float, float, int]:
+    return cfg.beta, cfg.beta, cfg.beta, d
+
+
+def _beta_tcvae(cfg: ObjectiveConfig, d: int) -> tuple[float, float, float, int]:
+    return cfg.alpha, cfg.beta, cfg.gamma, 1
+
+
+def _beta_stcvae(cfg: ObjectiveConfig, d: int) -> tuple[float, float, float, int]:
+    if cfg.granularity > d:
+        raise ValueError(f"granularity {cfg.granularity} exceeds latent_dim {d}")
+    return cfg.alpha, cfg.beta, cfg.gamma, cfg.granularity
+
+
+OBJECTIVES = {
+    "vae": _vae,
+    "beta_vae": _beta_vae,
+    "beta_tcvae": _beta_tcvae,
+    "beta_stcvae": _beta_stcvae,
+}
+
+
+def resolve_weights(cfg: ObjectiveConfig, latent_dim: int) -> tuple[float, float, float, int]:
+    """(alpha, beta, gamma, g) that the named objective really optimises."""
+    return OBJECTIVES[cfg.name](cfg, latent_dim)
+
+
+def make_groups(latent_dim: int, granularity: int) -> list[list[int]]:
+    """Contiguous groups of size g; the last one is smaller when g does not divide D."""
+    if not 1 <= granularity <= latent_dim:
+        raise ValueError(f"granularity must be in 1..{latent_dim}, got {granularity}")
+    return [
+        list(range(s, min(s + granularity, latent_dim))) for s in range(0, latent_dim, granularity)
+    ]
+
+
+def group_matrix(groups: list[list[int]], latent_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """(D, G) 0/1 indicator: one matmul turns per-dimension log densities into group sums."""
+    m = torch.zeros(latent_dim, len(groups), dtype=like.dtype, device=like.device)
+    for k, dims in enumerate(groups):
+        m[dims, k] = 1.0
+    return m
+
+
+def log_importance_weights(batch: int, dataset_size: int, estimator: str, like: torch.Tensor):
+    """(B, B) log weights w_ij of sample j when estimating q(z_i).
+
+    mws: minibatch weighted sampling, 1 / B everywhere. Chen et al. write
+    1 / (N B); that extra 1/N is a constant that leaves every gradient alone but
+    shifts each log q(z_S) by -log N, so the *reported* TC would be off by
+    (D - 1) log N nats. Weights that sum to one make the estimate consistent:
+    it converges to the true TC as B grows (tests/test_objectives.py).
+    mss: minibatch stratified sampling (Chen et al. 2018, appendix C.2), as in
+    their reference code: 1/N on the diagonal, (N - M) / (N M) just below it,
+    1/M elsewhere, M = B - 1 (rows sum to one).
+    """
+    if batch < 2:
+        raise ValueError("the aggregate-posterior estimators need a batch of at least 2")
+    if estimator == "mws":
+        return torch.full((batch, batch), -math.log(batch), dtype=like.dtype, device=like.device)
+    n, m = dataset_size, batch - 1
+    w = torch.full((batch, batch), 1.0 / m, dtype=like.dtype, device=like.device)
+    flat = w.view(-1)
+    flat[:: m + 1] = 1.0 / n
+    flat[1 :: m + 1] = (n - m) / (n * m)
+    w[m - 1, 0] = (n - m) / (n * m)
+    return w.log()
+
+
+def aggregate_log_densities(
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    groups: list[list[int]],
+    dataset_size: int,
+    estimator: str = "mws",
+) -> dict[str, torch.Tensor]:
+    """Per-sample log q(z), sum_k log q(z_Gk), sum_d log q(z_d), log q(z|x), log p(z).
+
+    The B x B x D matrix log q(z_id | x_j) is built once; every subset term is a
+    sum over its dimensions then one logsumexp over j, so the cost is O(B^2 D)
+    whatever the granularity.
+    """
+    batch, d = z.shape
+    mat = log_normal(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))  # (B, B, D)
+    logw = log_importance_weights(batch, dataset_size, estimator, z)
+    log_qz = torch.logsumexp(logw + mat.sum(2), dim=1)
+    group_sums = mat @ group_matrix(groups, d, z)  # (B, B, G)
+    log_qz_groups = torch.logsumexp(logw.unsqueeze(2) + group_sums, dim=1).sum(1)
+    log_qz_dims = torch.logsumexp(logw.unsqueeze(2) + mat, dim=1).sum(1)
+    return {
+        "log_qz": log_qz,
+        "log_qz_groups": log_qz_groups,
+        "log_qz_dims": log_qz_dims,
+        "log_qz_x": torch.diagonal(mat, dim1=0, dim2=1).sum(0),
+        "log_pz": log_standard_normal(z).sum(1),
+    }
+
+
+def compute_terms(
+    x: torch.Tensor,
+    out: VAEOutput,
+    model_cfg: ModelConfig,
+    cfg: ObjectiveConfig,
+    dataset_size: int,
+) -> dict[str, torch.Tensor]:
+    """Named scalar terms (batch means, nats per image) of the objective `cfg`."""
+    alpha, beta, gamma, g = resolve_weights(cfg, model_cfg.latent_dim)
+    nll = recon_nll_map(model_cfg.likelihood, x, out.x_recon.float(), model_cfg.obs_std)
+    recon = nll.flatten(1).sum(1).mean()
+    kl = kl_to_standard_normal(out.mu.float(), out.logvar.float()).sum(1).mean()
+    groups = make_groups(model_cfg.latent_dim, g)
+    z, mu, logvar = out.z.float(), out.mu.float(), out.logvar.float()  # bf16 is too coarse here
+    dens = aggregate_log_densities(z, mu, logvar, groups, dataset_size, cfg.estimator)
+    mi = (dens["log_qz_x"] - dens["log_qz"]).mean()
+    tc = (dens["log_qz"] - dens["log_qz_dims"]).mean()
+    tc_between = (dens["log_qz"] - dens["log_qz_groups"]).mean()
+    group_kl = (dens["log_qz_groups"] - dens["log_pz"]).mean()
+    elbo = -(recon + kl)
+    if alpha == beta == gamma:
+        # One weight on the whole KL: use the analytic KL, exact and noise-free.
+        loss = recon + alpha * kl
+    else:
+        loss = recon + kl + (alpha - 1) * mi + (beta - 1) * tc_between + (gamma - 1) * group_kl
+    return {
+        "recon": recon,
+        "kl": kl,
+        "mi": mi,
+        "tc": tc,
+        "tc_between": tc_between,
+        "group_kl": group_kl,
+        "elbo": elbo,
+        "loss": loss,
+    }
