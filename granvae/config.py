@@ -33,14 +33,42 @@ class DataConfig(BaseModel):
     store: str = "data/dataset"  # the dataset store folder DVC versions
 
 
+class SweepConfig(BaseModel):
+    """The candidate grid: granularity x capacity (beta, optionally latent dim) x seed."""
+
+    objective: str = Field("beta_stcvae", pattern="^(vae|beta_vae|beta_tcvae|beta_stcvae)$")
+    granularities: list[int] | None = None  # None: the divisors of latent_dim
+    betas: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    latent_dims: list[int] | None = None  # None: [model.latent_dim]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    workers: int | None = Field(None, ge=1)  # None: one per core on the CPU, 1 on a GPU
+
+
+class EvalConfig(BaseModel):
+    """How candidates are measured; the same numbers feed selection and the edge threshold."""
+
+    false_alarm_rate: float = Field(0.01, gt=0, lt=1)
+    score: str = Field("neg_elbo", pattern="^(neg_elbo|recon)$")
+    iwae_k: int = Field(20, ge=1)
+    iwae_images: int = Field(128, ge=1)
+    latency_repeats: int = Field(20, ge=1)
+    disentanglement: bool = True
+    disentanglement_train: int = Field(1000, ge=10)
+    disentanglement_test: int = Field(500, ge=10)
+    factor_vae_votes: int = Field(300, ge=10)
+    dci_estimators: int = Field(20, ge=1)
+
+
 class Settings(BaseModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     train: TrainConfig = TrainConfig()
-    extra: dict[str, Any] = Field(default_factory=dict)  # sections owned by later stages
-
-    model_config = {"extra": "allow"}
+    sweep: SweepConfig = SweepConfig()
+    evaluation: EvalConfig = EvalConfig()
+    select: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.select
+    export: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.export
+    tracking: dict[str, Any] = Field(default_factory=dict)  # read by granvae.tracking
 
 
 class SettingsError(ValueError):

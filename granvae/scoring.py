@@ -18,6 +18,9 @@ from granvae.models import FactorizedVAE
 from granvae.objectives import group_matrix
 
 
+SCORES = ("neg_elbo", "recon")
+
+
 class InspectionOutput(NamedTuple):
     """Field names become the ONNX output names."""
 
@@ -30,13 +33,21 @@ class InspectionOutput(NamedTuple):
 class InspectionHead(nn.Module):
     """uint8 NHWC images in; score = recon NLL at z = mu + analytic KL (negative ELBO, nats).
 
+    score="recon" drops the KL: a plain reconstruction-error detector, offered
+    because some defects hide in the decoder's error rather than the latents.
+
     group_attribution is the KL of each latent group against the prior: the
     share of the score each factor group is responsible for, which tells an
     operator *which* factor raised the alarm.
     """
 
-    def __init__(self, model: FactorizedVAE, groups: list[list[int]]) -> None:
+    def __init__(
+        self, model: FactorizedVAE, groups: list[list[int]], score: str = "neg_elbo"
+    ) -> None:
         super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.score_kind = score
         self.model = model.eval()
         self.likelihood = model.config.likelihood
         self.obs_std = model.config.obs_std
@@ -51,7 +62,9 @@ class InspectionHead(nn.Module):
         nll = recon_nll_map(self.likelihood, x, params, self.obs_std)
         anomaly_map = nll.sum(1)
         kl_dims = kl_to_standard_normal(mu, logvar)
-        score = anomaly_map.flatten(1).sum(1) + kl_dims.sum(1)
+        score = anomaly_map.flatten(1).sum(1)
+        if self.score_kind == "neg_elbo":
+            score = score + kl_dims.sum(1)
         return InspectionOutput(score, anomaly_map, mu, kl_dims @ self.groups)
 
 
