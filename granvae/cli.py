@@ -132,5 +132,73 @@ def train_cmd(
     console.print(f"model: [bold]{result.model_dir}[/bold]  status: {out / 'status.json'}")
 
 
+def _floats(text: str | None) -> list[float] | None:
+    return [float(v) for v in text.split(",")] if text else None
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(v) for v in text.split(",")] if text else None
+
+
+@app.command("sweep")
+def sweep_cmd(
+    data: Annotated[Path, typer.Option(help="dataset store folder")],
+    out: Annotated[Path, typer.Option(help="sweep folder (rerun to resume)")],
+    params: Annotated[Path, typer.Option(help="params.yaml with every default")] = Path(
+        "params.yaml"
+    ),
+    granularities: Annotated[
+        str | None, typer.Option(help="e.g. 1,2,5,10 (default: divisors of D)")
+    ] = None,
+    betas: Annotated[str | None, typer.Option(help="capacities, e.g. 1,2,4,8")] = None,
+    latent_dims: Annotated[str | None, typer.Option(help="e.g. 10 or 6,10")] = None,
+    seeds: Annotated[str | None, typer.Option(help="e.g. 0,1")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="default: one per core")] = None,
+    track: Annotated[bool, typer.Option(help="log runs to MLflow afterwards")] = False,
+) -> None:
+    """Train and evaluate every candidate of the granularity x capacity x seed grid."""
+    from granvae.config import SettingsError, load_settings
+    from granvae.sweep import run_sweep
+
+    grid = {
+        "granularities": _ints(granularities),
+        "betas": _floats(betas),
+        "latent_dims": _ints(latent_dims),
+        "seeds": _ints(seeds),
+        "workers": workers,
+    }
+    overrides = {"sweep": {k: v for k, v in grid.items() if v is not None}}
+    if epochs:
+        overrides["train"] = {"epochs": epochs}
+    try:
+        settings = load_settings(params if params.exists() else None, overrides)
+        rows = run_sweep(settings, data, out)
+    except (SettingsError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    failed = [r["candidate_id"] for r in rows if r["status"] != "finished"]
+    console.print(
+        f"{len(rows) - len(failed)} candidates finished, {len(failed)} failed "
+        f"{failed or ''}; results: [bold]{out / 'results.csv'}[/bold]"
+    )
+    if track:
+        from granvae.tracking import log_sweep
+
+        ids = log_sweep(out)
+        console.print(f"tracked in MLflow: {ids}")
+
+
+@app.command("report")
+def report_cmd(sweep_dir: Annotated[Path, typer.Argument(help="a sweep folder")]) -> None:
+    """Write report/report.html (and its PNGs) for a finished sweep."""
+    from granvae.report import build_report
+
+    try:
+        path = build_report(sweep_dir)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(f"report: [bold]{path}[/bold]")
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()

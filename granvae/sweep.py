@@ -1,0 +1,238 @@
+"""The granularity sweep: candidates = granularity x capacity x seed, trained and
+evaluated in parallel worker processes on the CPU (one after another on a GPU).
+
+A candidate that fails (NaN, a bad config) is recorded as failed and the sweep
+goes on. A candidate whose evaluation.json already exists is not retrained, so
+a sweep killed half-way picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.progress import Progress
+
+from granvae.config import Settings, SweepConfig
+from granvae.data import load_dataset
+from granvae.data.store import read_manifest
+from granvae.evaluate import evaluate_candidate, read_evaluation
+from granvae.models import ModelConfig
+from granvae.objectives import ObjectiveConfig, resolve_weights
+from granvae.train import TrainConfig, pick_device, train
+
+SWEEP_FILE = "sweep.json"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+CANDIDATES = "candidates"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    objective: str
+    granularity: int
+    beta: float
+    latent_dim: int
+    seed: int
+
+    @property
+    def candidate_id(self) -> str:
+        base = f"g{self.granularity}-b{self.beta:g}-d{self.latent_dim}-s{self.seed}"
+        return base if self.objective == "beta_stcvae" else f"{self.objective}-{base}"
+
+
+def divisors(n: int) -> list[int]:
+    """The default granularities: every g that splits D into equal groups."""
+    return [g for g in range(1, n + 1) if n % g == 0]
+
+
+def candidate_grid(cfg: SweepConfig, model: ModelConfig) -> list[Candidate]:
+    dims = cfg.latent_dims or [model.latent_dim]
+    return [
+        Candidate(cfg.objective, g, float(b), d, s)
+        for d in dims
+        for g in (cfg.granularities or divisors(d))
+        for b in cfg.betas
+        for s in cfg.seeds
+    ]
+
+
+def _configs(c: Candidate, settings: Settings) -> tuple[ModelConfig, ObjectiveConfig, TrainConfig]:
+    model = settings.model.model_copy(update={"latent_dim": c.latent_dim})
+    objective = settings.objective.model_copy(
+        update={"name": c.objective, "beta": c.beta, "granularity": c.granularity}
+    )
+    resolve_weights(objective, c.latent_dim)  # a bad candidate fails here, before training
+    return model, objective, settings.train.model_copy(update={"seed": c.seed})
+
+
+def _row(c: Candidate, settings: Settings, status: str, reason: str | None) -> dict:
+    alpha, beta, gamma = settings.objective.alpha, c.beta, settings.objective.gamma
+    return {
+        "candidate_id": c.candidate_id,
+        "objective": c.objective,
+        "granularity": c.granularity,
+        "beta": beta,
+        "alpha": alpha,
+        "gamma": gamma,
+        "latent_dim": c.latent_dim,
+        "seed": c.seed,
+        "estimator": settings.objective.estimator,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def run_candidate(
+    c: Candidate,
+    settings: Settings,
+    data_dir: Path,
+    out_dir: Path,
+    progress: bool = False,
+    threads: int | None = None,
+) -> dict:
+    """Train + evaluate one candidate; any failure becomes a `failed` row, never an exception."""
+    if threads:
+        torch.set_num_threads(threads)
+    cdir = out_dir / CANDIDATES / c.candidate_id
+    try:
+        model_cfg, objective, train_cfg = _configs(c, settings)
+        splits, meta = load_dataset(data_dir)
+        model_cfg = model_cfg.model_copy(
+            update={
+                "in_channels": meta.observation_shape[0],
+                "image_size": meta.observation_shape[1],
+            }
+        )
+        done = read_evaluation(cdir)
+        status = json.loads((cdir / "status.json").read_text()) if done else None
+        if done is None:
+            result = train(
+                splits["train"].images, model_cfg, objective, train_cfg, cdir, progress=progress
+            )
+            if result.status != "finished":
+                return _row(c, settings, "failed", result.reason)
+            status = {
+                "epochs_completed": result.epochs_completed,
+                "seconds": result.seconds,
+                "device": result.device,
+            }
+            done = evaluate_candidate(
+                cdir, splits, meta, c.granularity, settings.evaluation, seed=c.seed
+            )
+        row = _row(c, settings, "finished", None)
+        row.update(
+            epochs=status["epochs_completed"],
+            train_seconds=status["seconds"],
+            device=status["device"],
+        )
+        return {**row, **done}
+    except Exception as err:  # noqa: BLE001 - the sweep records it and goes on
+        reason = f"{type(err).__name__}: {err}"
+        cdir.mkdir(parents=True, exist_ok=True)
+        (cdir / "error.txt").write_text(traceback.format_exc())
+        return _row(c, settings, "failed", reason)
+
+
+def default_workers(cfg: SweepConfig, device: str) -> int:
+    if cfg.workers:
+        return cfg.workers
+    return 1 if pick_device(device).type == "cuda" else max(1, os.cpu_count() or 1)
+
+
+def _run_all(
+    cands: list[Candidate],
+    settings: Settings,
+    data_dir: Path,
+    out_dir: Path,
+    workers: int,
+    progress: bool,
+) -> list[dict]:
+    rows: dict[str, dict] = {}
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(f"sweep ({workers} worker{'s' * (workers > 1)})", total=len(cands))
+        if workers == 1:
+            for c in cands:
+                rows[c.candidate_id] = run_candidate(c, settings, data_dir, out_dir, progress)
+                bar.advance(task)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = {
+                    pool.submit(run_candidate, c, settings, data_dir, out_dir, False, threads): c
+                    for c in cands
+                }
+                for fut in as_completed(futures):
+                    c = futures[fut]
+                    try:
+                        rows[c.candidate_id] = fut.result()
+                    except Exception as err:  # noqa: BLE001 - a dead worker fails its candidate
+                        rows[c.candidate_id] = _row(c, settings, "failed", f"worker died: {err!r}")
+                    bar.advance(task)
+    return [rows[c.candidate_id] for c in cands]
+
+
+def data_version(data_dir: Path) -> str:
+    """The dataset store's identity: the manifest hashes every shard, so hash the manifest."""
+    digest = hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
+    return f"manifest:{digest[:16]}"
+
+
+def run_sweep(
+    settings: Settings,
+    data_dir: Path | str,
+    out_dir: Path | str,
+    progress: bool = True,
+    workers: int | None = None,
+    data_version_id: str | None = None,
+) -> list[dict]:
+    """Run (or finish) a sweep into out_dir following docs/contracts.md; return the rows."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    read_manifest(data_dir)  # fail early, naming the folder, if it is not a dataset store
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cands = candidate_grid(settings.sweep, settings.model)
+    workers = min(workers or default_workers(settings.sweep, settings.train.device), len(cands))
+    meta = {
+        "settings": settings.model_dump(),
+        "data_dir": str(data_dir.resolve()),
+        "data_version": data_version_id or data_version(data_dir),
+        "candidates": [c.candidate_id for c in cands],
+        "workers": workers,
+        "started": time.time(),
+    }
+    previous = out_dir / SWEEP_FILE
+    if previous.exists():  # a resumed sweep keeps its identity (tracking reuses its runs)
+        meta["sweep_id"] = json.loads(previous.read_text()).get("sweep_id")
+    meta.setdefault("sweep_id", None)
+    meta["sweep_id"] = meta["sweep_id"] or f"{out_dir.name}-{int(meta['started'])}"
+    previous.write_text(json.dumps(meta, indent=2))
+    rows = _run_all(cands, settings, data_dir, out_dir, workers, progress)
+    write_results(rows, out_dir)
+    meta["finished"] = time.time()
+    previous.write_text(json.dumps(meta, indent=2))
+    return rows
+
+
+def write_results(rows: list[dict], out_dir: Path) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    table.to_csv(out_dir / RESULTS_CSV, index=False)
+    clean = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
+    (out_dir / RESULTS_JSON).write_text(json.dumps(clean, indent=2))
+    return table
+
+
+def read_results(sweep_dir: Path | str) -> pd.DataFrame:
+    return pd.read_csv(Path(sweep_dir) / RESULTS_CSV)
