@@ -1,0 +1,204 @@
+"""``granvae-edge``: verify, score, calibrate, pull and serve bundles (argparse, stdlib only).
+
+Exit codes: 0 success; 1 the command ran but found a problem (bundle refused, some images could
+not be scored); 2 bad usage or a bundle that cannot be loaded at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__, calibrate, heatmap, preprocess
+from .bundle import BundleError
+from .infer import Inspector
+from .manifest import ManifestError
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    """One JSON object per line, flushed: a consumer can follow the stream live."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"granvae-edge: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        inspector = Inspector(args.bundle_dir, intra_op_threads=args.threads)
+    except Exception as exc:  # every failure is a refusal; say why and exit 1
+        return _fail(f"FAIL {args.bundle_dir}: {exc}")
+    b = inspector.bundle
+    spec = b.manifest["input"]
+    print(
+        f"OK {b.directory}: revision {b.revision}, model_sha256 {b.model_sha256}, "
+        f"input {spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}, "
+        f"threshold {b.threshold}, smoke score on a blank image {inspector.smoke_score:.6g}"
+    )
+    return 0
+
+
+def _heatmap_path(out_dir: Path, image: Path, used: set[str]) -> Path:
+    """<stem>.heatmap.png, de-duplicated when two inputs share a stem."""
+    name, k = f"{image.stem}.heatmap.png", 1
+    while name in used:
+        k += 1
+        name = f"{image.stem}-{k}.heatmap.png"
+    used.add(name)
+    return out_dir / name
+
+
+def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: set[str]) -> dict:
+    try:
+        arr = inspector.prepare(path)
+        verdict = inspector.score_batch([arr])[0]
+    except preprocess.InputError as exc:
+        return {"path": str(path), "error": str(exc)}
+    except Exception as exc:  # a model failure on one image must not stop the stream
+        return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
+    line: dict[str, Any] = {"path": str(path), **verdict.to_json()}
+    if heat_dir is not None:
+        out = heatmap.write_overlay(_heatmap_path(heat_dir, path, used), arr, verdict.anomaly_map)
+        line["heatmap"] = str(out)
+    return line
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    try:
+        inspector = Inspector(args.bundle, intra_op_threads=args.threads)
+    except Exception as exc:
+        return _fail(f"cannot load bundle {args.bundle}: {exc}", 2)
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    used: set[str] = set()
+    errors = 0
+    for path in preprocess.list_images(args.paths):
+        line = _score_path(inspector, path, heat_dir, used)
+        errors += "error" in line
+        _emit(line)
+    return 1 if errors else 0
+
+
+def _calibration_scores(inspector: Inspector, folder: Path) -> tuple[list[float], list[dict]]:
+    scores, skipped = [], []
+    for path in preprocess.list_images([folder]):
+        try:
+            scores.append(inspector.score_one(path).score)
+        except preprocess.InputError as exc:
+            skipped.append({"path": str(path), "error": str(exc)})
+    return scores, skipped
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    try:
+        inspector = Inspector(args.bundle, intra_op_threads=args.threads)
+    except Exception as exc:
+        return _fail(f"cannot load bundle {args.bundle}: {exc}", 2)
+    folder = Path(args.good_images)
+    if not folder.is_dir():
+        return _fail(f"--good-images {folder} is not a folder", 2)
+    scores, skipped = _calibration_scores(inspector, folder)
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
+    try:
+        choice = calibrate.order_statistic_threshold(scores, args.false_alarm_rate)
+        observed = calibrate.observed_false_alarm_rate(scores, choice.value)
+        manifest = inspector.manifest
+        updated = calibrate.new_revision(
+            manifest, choice, args.false_alarm_rate, str(folder), observed, len(skipped),
+            revision=calibrate.next_revision_number(Path(args.bundle), manifest),
+        )  # fmt: skip
+        kept = calibrate.write_revision(Path(args.bundle), updated)
+    except (calibrate.CalibrationError, ManifestError, OSError) as exc:
+        return _fail(f"calibration failed: {exc}")
+    if choice.note:
+        print(f"note: {choice.note}", file=sys.stderr)
+    _emit(
+        {
+            "revision": updated["revision"],
+            "previous_manifest": str(kept),
+            "threshold": updated["threshold"],
+            "model_sha256": updated["model_sha256"],
+        }
+    )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .pull import PullError, pull  # urllib machinery only when pulling
+
+    try:
+        info = pull(args.model_uri, args.out, tracking_uri=args.tracking_uri, retries=args.retries)
+    except (PullError, BundleError, OSError) as exc:
+        return _fail(f"pull {args.model_uri} failed: {exc}")
+    _emit(info)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import make_server, serve
+
+    try:
+        server = make_server(
+            args.bundle, args.host, args.port, args.max_bytes, args.threads, args.verbose
+        )
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc}", 2)
+    except Exception as exc:  # BundleError, or a model that fails its smoke inference
+        return _fail(f"refusing to serve {args.bundle}: {exc}", 2)
+    serve(server)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="granvae-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verify", parents=[threads], help="check hash, schema and a smoke run")
+    p.add_argument("bundle_dir")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("score", parents=[threads], help="score images, one JSON line each")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--heatmaps", default=None, help="folder for PNG heatmap overlays")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("calibrate", parents=[threads], help="re-tune the threshold on good images")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--good-images", required=True)
+    p.add_argument("--false-alarm-rate", type=float, default=0.01)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("pull", help="download a registered bundle from MLflow (REST)")
+    p.add_argument("--model-uri", required=True, help="models:/NAME@ALIAS or models:/NAME/N")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
+    p.add_argument("--retries", type=int, default=4)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("serve", parents=[threads], help="HTTP scoring server")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The bundle manifest: schema check and atomic writes.
+
+The manifest is the only description of the model a device gets, so a malformed one must be
+refused up front with the exact field named, rather than failing later in the middle of a shift
+with a KeyError. The schema mirrors docs/contracts.md "Edge bundle" (schema_version 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+REQUIRED_OUTPUTS = ("score", "anomaly_map", "latent_mean", "group_attribution")
+INPUT_DTYPES = ("uint8", "float32")
+COLOR_MODES = {"L": 1, "RGB": 3}
+RESIZE_MODES = ("bilinear", "none")
+
+_NUM = (int, float)
+_STR_OR_NONE = (str, type(None))
+
+# field -> accepted types; every key here is required (docs/contracts.md lists them all).
+_TOP_LEVEL: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "model_file": (str,),
+    "model_sha256": (str,),
+    "opset": (int,),
+    "input": (dict,),
+    "outputs": (list,),
+    "groups": (list,),
+    "threshold": (dict,),
+    "class_names": (list,),
+    "candidate": (dict,),
+    "data_version": (str,),
+    "mlflow_model_uri": _STR_OR_NONE,
+    "metrics": (dict,),
+    "revision": (int,),
+    "created": (str,),
+    "previous_revisions": (list,),
+}
+_INPUT: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "layout": (str,),
+    "dtype": (str,),
+    "height": (int,),
+    "width": (int,),
+    "channels": (int,),
+    "color_mode": (str,),
+    "resize": (str,),
+}
+# Only the value is needed to decide; the rest is provenance, type-checked when present.
+_THRESHOLD_REQUIRED: dict[str, tuple[type, ...]] = {"value": _NUM}
+_THRESHOLD_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "score": (str,),
+    "false_alarm_rate": _NUM + (type(None),),
+    "calibrated_on": _STR_OR_NONE,
+    "n_images": (int, type(None)),
+    "date": _STR_OR_NONE,
+    "method": _STR_OR_NONE,
+}
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable or does not follow the schema."""
+
+
+def _check_types(
+    block: dict[str, Any], spec: dict[str, tuple[type, ...]], prefix: str, required: bool
+) -> None:
+    for key, types in spec.items():
+        field = f"{prefix}{key}"
+        if key not in block:
+            if required:
+                raise ManifestError(f"manifest field '{field}' is missing")
+            continue
+        value = block[key]
+        # bool is an int subclass; a true/false where a number belongs is a schema error.
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = "/".join(t.__name__ for t in types)
+            raise ManifestError(
+                f"manifest field '{field}' must be {names}, got {type(value).__name__}"
+            )
+
+
+def _check_input(spec: dict[str, Any]) -> None:
+    _check_types(spec, _INPUT, "input.", required=True)
+    if spec["layout"] != "NHWC":
+        raise ManifestError(f"manifest field 'input.layout' must be 'NHWC', got {spec['layout']!r}")
+    if spec["dtype"] not in INPUT_DTYPES:
+        raise ManifestError(f"manifest field 'input.dtype' must be one of {INPUT_DTYPES}")
+    for key in ("height", "width"):
+        if spec[key] <= 0:
+            raise ManifestError(f"manifest field 'input.{key}' must be positive")
+    mode = spec["color_mode"]
+    if mode not in COLOR_MODES:
+        raise ManifestError(f"manifest field 'input.color_mode' must be one of {list(COLOR_MODES)}")
+    if COLOR_MODES[mode] != spec["channels"]:
+        raise ManifestError(
+            f"manifest field 'input.channels' is {spec['channels']} but color_mode {mode!r} "
+            f"has {COLOR_MODES[mode]}"
+        )
+    if spec["resize"] not in RESIZE_MODES:
+        raise ManifestError(f"manifest field 'input.resize' must be one of {RESIZE_MODES}")
+
+
+def validate_manifest(manifest: Any) -> dict[str, Any]:
+    """Check required keys and types; return the manifest unchanged so calls can chain."""
+    if not isinstance(manifest, dict):
+        raise ManifestError("manifest must be a JSON object")
+    _check_types(manifest, _TOP_LEVEL, "", required=True)
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError(
+            f"manifest field 'schema_version' is {manifest['schema_version']}; "
+            f"this runtime reads {SCHEMA_VERSION}"
+        )
+    sha = manifest["model_sha256"]
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+        raise ManifestError("manifest field 'model_sha256' must be 64 hex characters")
+    model_file = manifest["model_file"]
+    if not model_file or Path(model_file).name != model_file:
+        raise ManifestError("manifest field 'model_file' must be a plain file name in the bundle")
+    _check_input(manifest["input"])
+    missing = [o for o in REQUIRED_OUTPUTS if o not in manifest["outputs"]]
+    if missing:
+        raise ManifestError(f"manifest field 'outputs' lacks {missing}")
+    _check_types(manifest["threshold"], _THRESHOLD_REQUIRED, "threshold.", required=True)
+    _check_types(manifest["threshold"], _THRESHOLD_OPTIONAL, "threshold.", required=False)
+    if manifest["revision"] < 1:
+        raise ManifestError("manifest field 'revision' must be >= 1")
+    return manifest
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    """Read and validate ``bundle_dir/manifest.json``."""
+    path = Path(bundle_dir) / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path} not found") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from exc
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    return validate_manifest(manifest)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so that readers (a serving process reloading) never see a half-written file.
+
+    Temp file in the same folder, fsync, os.replace: a crash leaves either the old or the new
+    file, never a truncated one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (best effort: not every platform allows opening a folder)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
