@@ -69,5 +69,6 @@ def cpu_peak_gflops(cores: int | None = None) -> tuple[float, str]:
         per_cycle, isa = 8, "SSE"
     cores = cores or os.cpu_count() or 1
     peak = cores * ghz * per_cycle
-    how = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle ({isa}) = {peak:.0f} GFLOP/s"
+    how = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle ({isa})"
+    how += f" = {peak:.0f} GFLOP/s"
     return peak, how

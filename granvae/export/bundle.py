@@ -1,0 +1,254 @@
+"""The edge bundle: model.onnx + manifest.json, exactly per docs/contracts.md.
+
+The input spec, opset and output names are read back from the ONNX file, not
+taken from the caller, so the manifest cannot describe a graph other than the
+one beside it. The bundle is written atomically: assembled in a hidden temp
+folder beside ``out_dir`` (same file system), fsynced, then renamed into
+place. A crash or an error at any point leaves either no ``out_dir`` or the
+previous one, never a half bundle that a device could pull.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from granvae.export.graph import INPUT_NAME, OUTPUT_NAMES, onnx_opset
+from granvae.metrics.thresholds import Threshold
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MODEL_FILE",
+    "MANIFEST_FILE",
+    "write_bundle",
+    "sha256_file",
+    "input_spec",
+    "threshold_block",
+]
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+COLOR_MODES = {1: "L", 3: "RGB"}
+SCORE_NAME = "neg_elbo"
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _static_dims(model: onnx.ModelProto, name: str) -> list[int | str]:
+    graph_io = {v.name: v for v in [*model.graph.input, *model.graph.output]}
+    if name not in graph_io:
+        raise ValueError(f"the ONNX graph has no input/output named {name!r}")
+    dims = graph_io[name].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+
+def input_spec(model: onnx.ModelProto) -> dict[str, Any]:
+    """The manifest's input block, read from the graph's (N, H, W, C) uint8 input."""
+    dims = _static_dims(model, INPUT_NAME)
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise ValueError(f"input {INPUT_NAME!r} must be (N, H, W, C) with fixed H, W, C: {dims}")
+    if elem != onnx.TensorProto.UINT8:
+        name = onnx.TensorProto.DataType.Name(elem)
+        raise ValueError(f"input {INPUT_NAME!r} must be uint8, got {name}")
+    height, width, channels = dims[1], dims[2], dims[3]
+    if channels not in COLOR_MODES:
+        raise ValueError(f"edge bundles take 1 (L) or 3 (RGB) channels, the graph has {channels}")
+    return {
+        "name": INPUT_NAME,
+        "layout": "NHWC",
+        "dtype": "uint8",
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "color_mode": COLOR_MODES[channels],
+        "resize": "bilinear",
+    }
+
+
+def threshold_block(
+    threshold: Threshold | Mapping[str, Any], calibrated_on: str | None = None
+) -> dict[str, Any]:
+    """Contract block: value, score, false_alarm_rate, calibrated_on, n_images, date, method."""
+    data = dict(threshold.to_dict() if isinstance(threshold, Threshold) else threshold)
+    parsed = Threshold.from_dict(data)  # validates value / rate / n_images
+    return {
+        "value": parsed.value,
+        "score": str(data.get("score", SCORE_NAME)),
+        "false_alarm_rate": parsed.false_alarm_rate,
+        "calibrated_on": calibrated_on or data.get("calibrated_on") or "unspecified",
+        "n_images": parsed.n_images,
+        "date": str(data.get("date") or _now()),
+        "method": parsed.method,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null (strict JSON); numpy scalars become Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _check_groups(groups: Sequence[Sequence[int]], model: onnx.ModelProto) -> list[list[int]]:
+    out = [[int(d) for d in g] for g in groups]
+    n_groups = _static_dims(model, "group_attribution")[-1]
+    if isinstance(n_groups, int) and n_groups != len(out):
+        raise ValueError(f"{len(out)} groups given, the graph emits {n_groups} attributions")
+    return out
+
+
+def build_manifest(
+    onnx_path: Path,
+    *,
+    groups: Sequence[Sequence[int]],
+    threshold: Threshold | Mapping[str, Any],
+    class_names: Sequence[str],
+    candidate: Mapping[str, Any],
+    data_version: str,
+    mlflow_model_uri: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    calibrated_on: str | None = None,
+) -> dict[str, Any]:
+    """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file)."""
+    if not isinstance(data_version, str) or not data_version:
+        raise ValueError(f"data_version must be a non-empty string, got {data_version!r}")
+    if not class_names or class_names[0] != "good":
+        raise ValueError(f"class_names must start with 'good', got {list(class_names)}")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    missing = [n for n in OUTPUT_NAMES if n not in {o.name for o in model.graph.output}]
+    if missing:
+        raise ValueError(f"the ONNX graph lacks outputs {missing}")
+    created = _now()
+    return _json_safe(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "model_file": MODEL_FILE,
+            "model_sha256": sha256_file(onnx_path),
+            "opset": onnx_opset(onnx_path),
+            "input": input_spec(model),
+            "outputs": list(OUTPUT_NAMES),
+            "groups": _check_groups(groups, model),
+            "threshold": threshold_block(threshold, calibrated_on),
+            "class_names": [str(c) for c in class_names],
+            "candidate": dict(candidate),
+            "data_version": data_version,
+            "mlflow_model_uri": mlflow_model_uri,
+            "metrics": dict(metrics or {}),
+            "revision": 1,
+            "created": created,
+            "previous_revisions": [],
+        }
+    )
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the data files are synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _assemble(tmp: Path, onnx_path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """Copy the model in, hash *the copy*, write the manifest; all inside ``tmp``."""
+    model = tmp / MODEL_FILE
+    shutil.copyfile(onnx_path, model)
+    _fsync(model)
+    manifest = build_manifest(model, **fields)
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    _fsync(tmp / MANIFEST_FILE)
+    return manifest
+
+
+def _swap_in(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename into place; an existing bundle is moved aside first and removed after."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_bundle(
+    out_dir: Path | str,
+    onnx_path: Path | str,
+    *,
+    groups: Sequence[Sequence[int]],
+    threshold: Threshold | Mapping[str, Any],
+    class_names: Sequence[str],
+    candidate: Mapping[str, Any],
+    data_version: str,
+    mlflow_model_uri: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    calibrated_on: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``out_dir/{model.onnx, manifest.json}`` atomically; return the manifest.
+
+    ``threshold`` is a ``Threshold`` or its dict (extra keys ``score``,
+    ``calibrated_on``, ``date`` are kept); ``calibrated_on`` overrides it.
+    Metrics that are NaN are written as null (strict JSON for the device).
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fields = dict(
+        groups=groups,
+        threshold=threshold,
+        class_names=class_names,
+        candidate=candidate,
+        data_version=data_version,
+        mlflow_model_uri=mlflow_model_uri,
+        metrics=metrics,
+        calibrated_on=calibrated_on,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is served to devices
+        manifest = _assemble(tmp, Path(onnx_path), fields)
+        _swap_in(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(out_dir.parent)
+    return manifest

@@ -1,0 +1,178 @@
+"""One call from a trained candidate folder to a verified edge bundle.
+
+Order matters: export, then the parity gate (torch vs onnxruntime on held-out
+val images), then optionally int8 (gated by the AUROC policy), and only then
+the bundle write. Anything failing raises before ``out_dir`` exists.
+
+If int8 is accepted the bundle ships the int8 graph, and its threshold is
+recalibrated on the *int8* scores of the same val images at the same
+false-alarm rate (order statistic): the torch-calibrated value belongs to the
+float scores, and int8 shifts scores by more than the parity tolerance. The
+manifest says so in ``threshold.calibrated_on`` and ``candidate.precision``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from granvae.export.bundle import MANIFEST_FILE, MODEL_FILE, write_bundle
+from granvae.export.graph import ExportError, as_nhwc, export_onnx, make_session, run_session
+from granvae.export.parity import ParityResult, parity_check
+from granvae.export.quantize import compare_quantized, int8_acceptable, quantize_int8
+from granvae.metrics.thresholds import Threshold, calibrate_threshold
+from granvae.models import FactorizedVAE
+from granvae.objectives import make_groups
+from granvae.scoring import InspectionHead
+from granvae.train import MODEL_DIR
+
+__all__ = ["ExportResult", "export_candidate", "gate_parity", "onnx_metadata"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle_dir: Path
+    model_path: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    parity: ParityResult
+    precision: str  # "fp32" | "int8"
+    int8: dict[str, Any] | None  # compare_quantized output + "accepted", or None if not tried
+
+
+def gate_parity(
+    head: InspectionHead, onnx_path: Path, images: np.ndarray, threshold: float, rel_tol: float
+) -> ParityResult:
+    """The parity gate: raise ExportError with every number if the graph disagrees."""
+    result = parity_check(head, onnx_path, images, threshold, rel_tol)
+    if not result.passed:
+        raise ExportError(f"ONNX parity gate failed for {onnx_path}: {result.describe()}")
+    return result
+
+
+def onnx_metadata(
+    candidate: Mapping[str, Any], groups: list[list[int]], threshold: Threshold, data_version: str
+) -> dict[str, Any]:
+    """The manifest's key facts, duplicated into the model file's metadata_props."""
+    return {
+        "objective": candidate.get("objective"),
+        "granularity": candidate.get("granularity"),
+        "beta": candidate.get("beta"),
+        "latent_dim": candidate.get("latent_dim"),
+        "threshold": threshold.value,
+        "false_alarm_rate": threshold.false_alarm_rate,
+        "data_version": data_version,
+        "groups": groups,
+    }
+
+
+def _resolve_groups(
+    candidate: dict[str, Any], latent_dim: int, groups: Sequence[Sequence[int]] | None
+) -> list[list[int]]:
+    if groups is not None:
+        return [[int(d) for d in g] for g in groups]
+    if "granularity" not in candidate:
+        raise ValueError("pass groups=... or a candidate dict with 'granularity'")
+    return make_groups(latent_dim, int(candidate["granularity"]))
+
+
+def _as_threshold(threshold: Threshold | Mapping[str, Any]) -> Threshold:
+    return threshold if isinstance(threshold, Threshold) else Threshold.from_dict(dict(threshold))
+
+
+def _try_int8(
+    fp32: Path,
+    work: Path,
+    val: np.ndarray,
+    test: tuple[np.ndarray, np.ndarray],
+    threshold: Threshold,
+    mode: str,
+    max_auroc_drop: float,
+) -> tuple[dict[str, Any], Path | None, Threshold | None]:
+    """Quantise, compare on labelled test images, and recalibrate if accepted."""
+    int8 = quantize_int8(fp32, work / "model.int8.onnx", mode=mode, calibration_images=val)
+    comparison = compare_quantized(fp32, int8, test[0], test[1], threshold.value)
+    accepted = int8_acceptable(comparison, max_auroc_drop)
+    comparison.update(accepted=accepted, mode=mode, max_auroc_drop=max_auroc_drop)
+    if not accepted:
+        return comparison, None, None
+    scores = run_session(make_session(int8), val)["score"]
+    recal = calibrate_threshold(scores, threshold.false_alarm_rate)
+    comparison["threshold_int8"] = recal.value
+    return comparison, int8, recal
+
+
+def export_candidate(
+    candidate_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    val_images: np.ndarray,
+    threshold: Threshold | Mapping[str, Any],
+    class_names: Sequence[str],
+    data_version: str,
+    metrics: Mapping[str, Any] | None = None,
+    candidate: Mapping[str, Any] | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
+    mlflow_model_uri: str | None = None,
+    calibrated_on: str = "val",
+    int8: bool = False,
+    int8_mode: str = "static",
+    test_images: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    max_auroc_drop: float = 0.01,
+    rel_tol: float = 1e-4,
+    opset: int = 17,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Load ``candidate_dir/model``, export, gate, (int8), write the bundle at ``out_dir``.
+
+    ``val_images``: held-out good images, uint8, NCHW (dataset layout) or NHWC;
+    the parity gate runs on them and static int8 calibrates on them.
+    ``candidate``: the manifest's candidate block (objective, granularity, beta,
+    seed ...); latent_dim is filled from the model. ``groups`` defaults to
+    ``make_groups(latent_dim, candidate["granularity"])``.
+    int8 needs labelled ``test_images``/``test_labels`` to measure the AUROC change.
+    """
+    model = FactorizedVAE.load(Path(candidate_dir) / MODEL_DIR)
+    cfg = model.config
+    info = {**dict(candidate or {}), "latent_dim": cfg.latent_dim, "precision": "fp32"}
+    group_list = _resolve_groups(info, cfg.latent_dim, groups)
+    head = InspectionHead(model, group_list).eval()
+    thr = _as_threshold(threshold)
+    val = as_nhwc(val_images, cfg.image_size, cfg.in_channels)
+    if int8 and (test_images is None or test_labels is None):
+        raise ValueError("int8=True needs test_images and test_labels to measure the AUROC change")
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="granvae-export-") as tmp:
+        work = Path(tmp)
+        meta = onnx_metadata(info, group_list, thr, data_version)
+        fp32 = export_onnx(head, work / "model.fp32.onnx", opset=opset, metadata=meta)
+        parity = gate_parity(head, fp32, val, thr.value, rel_tol)
+        shipped, ship_thr, comparison = fp32, thr, None
+        if int8:
+            test = (as_nhwc(test_images, cfg.image_size, cfg.in_channels), np.asarray(test_labels))
+            comparison, q_path, q_thr = _try_int8(
+                fp32, work, val, test, thr, int8_mode, max_auroc_drop
+            )
+            if q_path is not None and q_thr is not None:
+                shipped, ship_thr, info["precision"] = q_path, q_thr, "int8"
+                calibrated_on = f"{calibrated_on} (recalibrated on int8 scores)"
+        manifest = write_bundle(
+            out_dir, shipped, groups=group_list, threshold=ship_thr, class_names=class_names,
+            candidate=info, data_version=data_version, mlflow_model_uri=mlflow_model_uri,
+            metrics=metrics, calibrated_on=calibrated_on, overwrite=overwrite,
+        )  # fmt: skip
+    return ExportResult(
+        bundle_dir=out_dir,
+        model_path=out_dir / MODEL_FILE,
+        manifest_path=out_dir / MANIFEST_FILE,
+        manifest=manifest,
+        parity=parity,
+        precision=info["precision"],
+        int8=comparison,
+    )
