@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -27,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from granvae.export import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_forward_flops, cpu_peak_gflops  # noqa: E402
+
+from granvae.data import generate  # noqa: E402
+from granvae.export import (  # noqa: E402
     compare_quantized,
     export_onnx,
     make_session,
@@ -50,78 +52,8 @@ Runner = Callable[[np.ndarray], object]
 
 
 def load_data(n_train: int, n_test: int, size: int, seed: int) -> dict[str, tuple]:
-    """surfaces from granvae.data when available, else squares with bright-spot defects."""
-    try:
-        from granvae.data import generate
-
-        splits, _ = generate("surfaces", n_train, 128, n_test, seed=seed, image_size=size)
-        return {k: (s.images, s.labels) for k, s in splits.items()} | {"source": "surfaces"}
-    except ImportError:
-        return _numpy_data(n_train, n_test, size, seed)
-
-
-def _numpy_data(n_train: int, n_test: int, size: int, seed: int) -> dict[str, tuple]:
-    rng = np.random.default_rng(seed)
-
-    def clean(n: int) -> np.ndarray:
-        base = rng.uniform(60, 160, (n, 1, 1, 1)) + rng.normal(0, 4, (n, 1, size, size))
-        return np.clip(base, 0, 255).astype(np.uint8)
-
-    test, labels = clean(n_test), (np.arange(n_test) % 2).astype(np.int64)
-    for img in test[labels == 1]:
-        x, y = rng.integers(0, size - 6, 2)
-        img[0, y : y + 6, x : x + 6] = 250
-    data = {"train": (clean(n_train), None), "val": (clean(128), None), "test": (test, labels)}
-    return data | {"source": "numpy spots"}
-
-
-def flops_per_image(model: nn.Module, size: int, channels: int) -> int:
-    """2 x MACs of Conv2d (Cout*Hout*Wout*Cin*k*k), ConvTranspose2d (Cin*Hin*Win*Cout*k*k)
-    and Linear (in*out) layers, from one traced forward pass."""
-    total = 0
-
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Linear):
-            total += 2 * module.in_features * module.out_features
-        elif isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            total += 2 * output[0].numel() * module.in_channels * k // module.groups
-        elif isinstance(module, nn.ConvTranspose2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            total += 2 * inputs[0][0].numel() * module.out_channels * k // module.groups
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.no_grad():
-        model(torch.zeros(1, channels, size, size), sample=False)
-    for h in handles:
-        h.remove()
-    return total
-
-
-def cpu_peak() -> tuple[float, str]:
-    """(GFLOP/s fp32, assumptions) = physical cores x GHz x FLOP/cycle/core."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if text else set()
-    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)] or [2000.0]
-    vendor = (re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M) or [None, "?"])[1]
-    family = int((re.search(r"^cpu family\s*:\s*(\d+)", text, re.M) or [None, "0"])[1])
-    if "avx512f" in flags and vendor == "AuthenticAMD" and family == 25:
-        per_cycle, why = 32, "Zen 4 AVX-512: 2 FMA pipes x 256-bit (double-pumped) = 2x8x2"
-    elif "avx512f" in flags:
-        per_cycle, why = 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2 FLOP"
-    elif {"avx2", "fma"} <= flags:
-        per_cycle, why = 32, "AVX2+FMA: 2 FMA units x 8 fp32 lanes x 2 FLOP"
-    elif "avx" in flags:
-        per_cycle, why = 16, "AVX: 1 add + 1 mul unit x 8 lanes"
-    else:
-        per_cycle, why = 8, "SSE: 4 lanes x (add + mul)"
-    cores, ghz = physical_cores(), max(mhz) / 1000.0
-    peak = cores * ghz * per_cycle
-    return (
-        peak,
-        f"{cores} cores x {ghz:.2f} GHz (cpuinfo 'cpu MHz') x {per_cycle} FLOP/cycle ({why})",
-    )
+    splits, _ = generate("surfaces", n_train, 128, n_test, seed=seed, image_size=size)
+    return {k: (s.images, s.labels) for k, s in splits.items()} | {"source": "surfaces"}
 
 
 def time_runner(run: Runner, images: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
@@ -243,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args, data, model, rows, parity, comparison, seconds: float) -> None:
     cfg = model.config
-    flops = flops_per_image(model, cfg.image_size, cfg.in_channels)
-    peak, assumption = cpu_peak()
+    example = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    flops = count_forward_flops(model, example)
+    peak, assumption = cpu_peak_gflops(physical_cores())
     print(
         f"granvae edge benchmark: {cfg.arch} {cfg.image_size}x{cfg.image_size}x{cfg.in_channels}, "
         f"latent {cfg.latent_dim}, {args.epochs} epochs on {len(data['train'][0])} "

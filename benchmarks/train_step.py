@@ -35,8 +35,9 @@ OBJECTIVES = {
 }
 
 
-def _step(model: FactorizedVAE, optim: torch.optim.Optimizer, x: torch.Tensor,
-          objective: ObjectiveConfig) -> float:
+def _step(
+    model: FactorizedVAE, optim: torch.optim.Optimizer, x: torch.Tensor, objective: ObjectiveConfig
+) -> float:
     t0 = time.perf_counter()
     terms = compute_terms(x, model(x), model.config, objective, dataset_size=100_000)
     optim.zero_grad(set_to_none=True)
@@ -67,8 +68,10 @@ def main() -> None:
     flops_img = 3 * count_forward_flops(models["vae"], x[:1])
     peak, how = cpu_peak_gflops()
     base = statistics.median(times["vae"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"D={args.latent_dim}, 64x64 shapes, median of {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"D={args.latent_dim}, 64x64 shapes, median of {args.steps} steps"
+    )
     print(f"train FLOPs/image = 3 x forward = {flops_img / 1e6:.1f} MFLOP; peak: {how}")
     print(f"{'objective':<20}{'step ms':>10}{'images/s':>10}{'vs vae':>9}{'% of peak':>11}")
     for name, ts in times.items():
