@@ -182,10 +182,12 @@ def sweep_cmd(
         f"{failed or ''}; results: [bold]{out / 'results.csv'}[/bold]"
     )
     if track:
-        from granvae.tracking import log_sweep
+        from granvae.tracking import Store, TrackingSettings, log_sweep
 
-        ids = log_sweep(out)
-        console.print(f"tracked in MLflow: {ids}")
+        tracking = TrackingSettings.model_validate(settings.tracking)
+        ids = log_sweep(out, experiment=tracking.experiment, store=Store(tracking))
+        uri, run = ids["tracking_uri"], ids["parent_run_id"]
+        console.print(f"tracked in MLflow ({uri}): parent run {run}")
 
 
 @app.command("report")
@@ -198,6 +200,46 @@ def report_cmd(sweep_dir: Annotated[Path, typer.Argument(help="a sweep folder")]
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     console.print(f"report: [bold]{path}[/bold]")
+
+
+@app.command("export")
+def export_cmd(
+    sweep_dir: Annotated[Path, typer.Argument(help="a finished sweep folder")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write (model.onnx + manifest.json)")],
+    candidate: Annotated[str | None, typer.Option(help="default: the policy's winner")] = None,
+    int8: Annotated[bool, typer.Option(help="ship int8 if it stays within tolerance")] = False,
+    params: Annotated[Path, typer.Option(help="params.yaml (selection policy)")] = Path(
+        "params.yaml"
+    ),
+) -> None:
+    """Export a candidate to a verified ONNX edge bundle (parity-gated)."""
+    from granvae.config import SettingsError, load_settings
+    from granvae.export import ExportError
+    from granvae.export.from_sweep import export_from_sweep
+    from granvae.select import SelectionPolicy, load_rows, select
+
+    try:
+        if candidate is None:
+            settings = load_settings(params if params.exists() else None)
+            decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(settings.select))
+            if decision.winner is None:
+                _fail(f"no candidate passed the gates: {decision.why}")
+            candidate = decision.winner
+        result = export_from_sweep(sweep_dir, candidate, out, int8=int8)
+    except (SettingsError, ExportError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(f"exported {candidate} ({result.precision}) to [bold]{result.bundle_dir}[/bold]")
+    console.print(f"parity: {result.parity.describe()}")
+
+
+def _mount_command_groups() -> None:
+    """Tracking and pipeline commands live in their own modules; both import lazily."""
+    from granvae.cli_tracking import add_commands as add_tracking
+
+    add_tracking(app)
+
+
+_mount_command_groups()
 
 
 def main() -> None:  # pragma: no cover - console-script shim

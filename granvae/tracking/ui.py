@@ -1,0 +1,60 @@
+"""`granvae ui`: the MLflow UI on the embedded store, bound to loopback only.
+
+Why loopback only: the embedded store has no authentication, and the UI can move the
+`champion` alias that edge devices follow. A shared, authenticated server is the way to
+open the registry to a team (point MLFLOW_TRACKING_URI at it); this command is for one laptop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from granvae.tracking.store import embedded_artifacts, embedded_uri
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ui_command(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow server` command line serving the embedded store and its artifact folder."""
+    if not _loopback(host):
+        raise ValueError(f"refusing to serve the embedded store on {host}: loopback only")
+    workdir = Path(workdir)
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        embedded_uri(workdir),
+        "--artifacts-destination",
+        str(embedded_artifacts(workdir)),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def serve_ui(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Run the UI in the foreground until Ctrl-C; returns the server's exit code."""
+    cmd = ui_command(workdir, host, port)
+    embedded_artifacts(workdir).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: unused
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real `mlflow server` process for the tracking and registry tests.
+
+A session-scoped server (sqlite backend + proxied local artifact folder, like production's
+`mlflow server --artifacts-destination`) keeps the suite fast; tests that kill a server start
+their own with `start_mlflow_server` so the shared one is never disturbed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+# Session fixtures defined elsewhere must be imported here, once, to stay session-wide.
+from prefect_fixtures import prefect_harness  # noqa: E402, F401
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A running `mlflow server`; `root` holds its sqlite file, artifacts and log."""
+
+    root: Path
+    port: int
+    proc: subprocess.Popen
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the server's whole process group (it forks a uvicorn worker)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+
+    def kill(self) -> None:
+        """kill -9: what a crashed host looks like to the client."""
+        self.stop(signal.SIGKILL)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def restart(self) -> None:
+        """A fresh process on the same backend, artifact folder and port (so the same URI)."""
+        self.stop()
+        self.proc = start_mlflow_server(self.root, self.port).proc
+
+
+def _wait_healthy(server: MlflowServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            log = (server.root / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mlflow server exited with {server.proc.returncode}:\n{log}")
+        try:
+            with urllib.request.urlopen(server.uri + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"mlflow server at {server.uri} not healthy after {timeout}s")
+
+
+def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90) -> MlflowServer:
+    """Start (or restart, on the same root) a server on a free loopback port."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    # GenAI job runners (huey consumers, one process each) are of no use here and slow startup.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(root / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    server = MlflowServer(root, port, proc)
+    _wait_healthy(server, timeout)
+    return server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_process(tmp_path_factory) -> Iterator[MlflowServer]:
+    """The session's server process; a test that kills it must `restart()` it (see below)."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_process: MlflowServer) -> str:
+    """URI of a real `mlflow server` shared by the whole session."""
+    return mlflow_server_process.uri
+
+
+@pytest.fixture
+def killable_mlflow_server(mlflow_server_process: MlflowServer) -> Iterator[MlflowServer]:
+    """The shared server, for a test that kills it; it is running again when the test ends."""
+    yield mlflow_server_process
+    if not mlflow_server_process.alive():
+        mlflow_server_process.restart()

@@ -1,0 +1,133 @@
+"""The selection policy on hand-made results tables: gates, ranking, ties, all-fail."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from pydantic import ValidationError
+from sweep_fixtures import candidate_row
+
+from granvae.select import Decision, Gate, SelectionPolicy, select, write_decision
+
+
+def _policy(**overrides) -> SelectionPolicy:
+    raw = {
+        "gates": [
+            {"metric": "status", "op": "==", "value": "finished"},
+            {"metric": "recall_at_far", "op": ">=", "value": 0.5},
+            {"metric": "latency_p95_b1_ms", "op": "<=", "value": 10.0},
+            {"metric": "onnx_parity", "op": ">=", "value": 1, "optional": True},
+        ],
+        "ranking": {"mode": "lexicographic", "primary": "recall_at_far", "tie_break": "elbo"},
+    }
+    raw.update(overrides)
+    return SelectionPolicy.model_validate(raw)
+
+
+def _by_id(decision: Decision) -> dict[str, dict]:
+    return {r["candidate_id"]: r for r in decision.rows}
+
+
+def test_primary_metric_decides_and_why_names_the_runner_up():
+    rows = [candidate_row(1, 0.80, -100.0), candidate_row(2, 0.83, -130.0)]
+    decision = select(rows, _policy())
+    assert decision.winner == "g2-b4-d4-s0"
+    assert "recall_at_far 0.83 vs 0.8 for the runner-up g1-b4-d4-s0" in decision.why
+    assert "tie-break not needed" in decision.why
+    table = _by_id(decision)
+    assert (table["g2-b4-d4-s0"]["rank"], table["g1-b4-d4-s0"]["rank"]) == (1, 2)
+    assert table["g2-b4-d4-s0"]["recall_at_far >= 0.5"] == "pass"
+
+
+def test_tie_on_primary_is_broken_by_elbo_within_tolerance():
+    rows = [candidate_row(1, 0.80, -120.0), candidate_row(2, 0.80 + 1e-12, -100.0)]
+    rows.append(candidate_row(4, 0.80 - 1e-12, -90.0))
+    decision = select(rows, _policy())
+    assert decision.winner == "g4-b4-d4-s0"  # best ELBO among three tied on recall
+    assert "tied with the runner-up g2-b4-d4-s0" in decision.why
+    assert "elbo tie-break -90 vs -100" in decision.why
+    wide = _policy(ranking={"mode": "lexicographic", "primary_tolerance": 0.05})
+    rows = [candidate_row(1, 0.80, -120.0), candidate_row(2, 0.84, -100.0)]
+    assert select(rows, wide).winner == "g2-b4-d4-s0"  # 0.04 apart counts as a tie here
+    rows = [candidate_row(1, 0.84, -120.0), candidate_row(2, 0.80, -100.0)]
+    assert select(rows, wide).winner == "g2-b4-d4-s0"
+
+
+def test_gates_come_before_ranking():
+    slow = candidate_row(1, 0.99, -90.0, latency=25.0)  # best recall, misses the budget
+    rows = [slow, candidate_row(2, 0.70, -120.0), candidate_row(4, 0.95, -80.0, "failed")]
+    decision = select(rows, _policy())
+    assert decision.winner == "g2-b4-d4-s0"
+    table = _by_id(decision)
+    assert table["g1-b4-d4-s0"]["latency_p95_b1_ms <= 10"] == "FAIL"
+    assert table["g1-b4-d4-s0"]["rank"] is None and not table["g1-b4-d4-s0"]["passed_all"]
+    assert table["g4-b4-d4-s0"]["status == finished"] == "FAIL"
+    assert "only candidate passing every gate" in decision.why
+
+
+def test_parity_gate_applies_only_when_the_column_exists():
+    rows = [candidate_row(1, 0.8, -100.0), candidate_row(2, 0.9, -100.0)]
+    decision = select(rows, _policy())
+    assert "onnx_parity >= 1" not in decision.gates
+    rows[1]["onnx_parity"] = 0.0  # exported, parity failed
+    rows[0]["onnx_parity"] = 1.0
+    decision = select(rows, _policy())
+    assert "onnx_parity >= 1" in decision.gates
+    assert decision.winner == "g1-b4-d4-s0"
+
+
+def test_weighted_mode_uses_min_max_normalised_metrics():
+    rows = [candidate_row(1, 0.80, -100.0), candidate_row(2, 0.90, -200.0)]
+    rows.append(candidate_row(4, 0.85, -110.0))
+    by_elbo = _policy(ranking={"mode": "weighted", "weights": {"recall_at_far": 0.2, "elbo": 0.8}})
+    decision = select(rows, by_elbo)
+    scores = {r["candidate_id"]: r["score"] for r in decision.rows}
+    assert decision.winner == "g4-b4-d4-s0"
+    assert scores["g1-b4-d4-s0"] == pytest.approx(0.8)
+    assert scores["g2-b4-d4-s0"] == pytest.approx(0.2)
+    assert scores["g4-b4-d4-s0"] == pytest.approx(0.2 * 0.5 + 0.8 * 0.9)
+    assert "weighted score" in decision.why and "elbo 0.8" in decision.why
+    by_recall = _policy(ranking={"mode": "weighted", "weights": {"recall_at_far": 1.0}})
+    assert select(rows, by_recall).winner == "g2-b4-d4-s0"
+
+
+def test_all_fail_names_the_failing_gates():
+    rows = [candidate_row(1, 0.2, -100.0), candidate_row(2, 0.3, -100.0, latency=99.0)]
+    decision = select(rows, _policy())
+    assert decision.winner is None
+    assert decision.why.startswith("no candidate passed the gates")
+    assert "recall_at_far >= 0.5 failed for 2/2" in decision.why
+    assert "latency_p95_b1_ms <= 10 failed for 1/2" in decision.why
+    assert all(r["rank"] is None for r in decision.rows)
+
+
+def test_missing_or_nan_metric_fails_its_gate():
+    row = candidate_row(1, 0.9, -100.0)
+    del row["latency_p95_b1_ms"]
+    other = candidate_row(2, math.nan, -100.0)
+    decision = select([row, other], _policy())
+    assert decision.winner is None
+    assert Gate(metric="x", op=">=", value=1).check({"x": None}) == (None, False)
+
+
+def test_policy_is_validated_data():
+    policy = SelectionPolicy.model_validate({})
+    assert policy.ranking.mode == "lexicographic" and policy.ranking.tie_break == "elbo"
+    assert {g.metric for g in policy.gates} >= {"status", "recall_at_far", "latency_p95_b1_ms"}
+    with pytest.raises(ValidationError):
+        SelectionPolicy.model_validate({"gates": [{"metric": "x", "op": "~", "value": 1}]})
+    with pytest.raises(ValidationError):
+        SelectionPolicy.model_validate({"ranking": {"mode": "vibes"}})
+
+
+def test_write_decision_writes_csv_and_markdown(tmp_path):
+    rows = [candidate_row(1, 0.80, -100.0), candidate_row(2, 0.83, -130.0)]
+    decision = select(rows, _policy())
+    csv_path, md_path = write_decision(decision, tmp_path)
+    table = list(csv.DictReader(csv_path.open()))
+    assert [r["candidate_id"] for r in table] == ["g1-b4-d4-s0", "g2-b4-d4-s0"]
+    assert table[1]["rank"] == "1" and table[1]["recall_at_far"] == "0.83"
+    text = md_path.read_text()
+    assert decision.why in text and "| **g2-b4-d4-s0** |" in text
