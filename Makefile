@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
+# The retraining flow on embedded defaults: ephemeral Prefect API, MLflow on sqlite,
+# a local DVC remote, the CPU; the data snapshot is versioned in its own git repo.
 run: $(STAMP)
-	$(VENV)/bin/granvae data make surfaces --out $(RUN_DIR)/data --n 1024 --n-val 256 --n-test 256
-	$(VENV)/bin/granvae train --data $(RUN_DIR)/data --out $(RUN_DIR)/train \
-		--objective beta_stcvae --granularity 2 --beta 4 --latent-dim 10 --epochs 5
+	$(VENV)/bin/granvae retrain --profile quick --data-repo $(RUN_DIR)/data-repo \
+		--set pipeline.work_dir=$(RUN_DIR)/retrain
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

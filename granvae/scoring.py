@@ -17,7 +17,6 @@ from granvae.distributions import kl_to_standard_normal, recon_nll_map
 from granvae.models import FactorizedVAE
 from granvae.objectives import group_matrix
 
-
 SCORES = ("neg_elbo", "recon")
 
 

@@ -1,0 +1,208 @@
+"""One Prefect task per lifecycle verb; each calls one granvae (or versioning) function.
+
+Tasks exchange paths, ids and small dicts, never arrays or models: a task may run in
+another process or on another machine, and only what is on disk survives a crash.
+Retries are for what can come back on its own (a tracking server, a DVC remote); a data
+problem or a bad config fails at once, because retrying cannot fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from granvae.config import Settings
+from granvae.data import check_dataset, generate, load_mvtec, write_dataset
+from granvae.sweep import Candidate, run_candidate, write_results
+from pipelines import bundle, versioning
+from pipelines.config import PipelineConfig
+
+TRANSIENT = (ConnectionError, TimeoutError, versioning.VersioningError)
+
+
+def _transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry only failures that time can fix (tracking server, DVC remote, network)."""
+    try:
+        state.result()
+    except Exception as err:  # noqa: BLE001 - classified here
+        from granvae.tracking import TrackingUnavailable
+
+        return isinstance(err, (*TRANSIENT, TrackingUnavailable))
+    return False
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(settings: Settings, landing: str | None, staging: str) -> str:
+    """Landing folder (validated file by file) or the generator -> a staging dataset store."""
+    log = get_run_logger()
+    data = settings.data
+    if landing:
+        log.info("ingesting landing folder %s", landing)
+        splits, meta = load_mvtec(landing, image_size=data.image_size, channels=data.channels)
+    else:
+        log.info("generating %s data (seed %s)", data.source, data.seed)
+        splits, meta = generate(
+            data.source, data.n_train, data.n_val, data.n_test, data.seed, data.image_size
+        )
+    write_dataset(staging, splits, meta)
+    return staging
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(staging: str) -> dict[str, Any]:
+    """Re-read the staged store: every shard hash and array checked before DVC sees it."""
+    return check_dataset(staging)
+
+
+@task(name="version-data", cache_policy=NO_CACHE, retry_condition_fn=_transient)
+def version_data(staging: str, cfg: PipelineConfig) -> dict[str, str]:
+    """The single DVC writer: dvc add + git commit + dvc push (see versioning.py)."""
+    snap = versioning.version_snapshot(
+        Path(staging), Path(cfg.data_repo), cfg.snapshot, cfg.remote, cfg.remote_name
+    )
+    get_run_logger().info("data version %s (remote %s)", snap.data_version, snap.remote)
+    return snap.to_dict()
+
+
+def candidate_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """data version + candidate params + settings + code: never the run id, so reruns hit."""
+    cand: Candidate = parameters["candidate"]
+    parts = [
+        parameters["data_version"],
+        cand.candidate_id,
+        parameters["settings_digest"],
+        parameters["code_version"],
+    ]
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+    return f"candidate-{cand.candidate_id}-{digest}"
+
+
+def _device_for(settings: Settings, index: int) -> Settings:
+    """On a multi-GPU host each candidate gets GPU index mod n; otherwise unchanged."""
+    if settings.train.device != "auto":
+        return settings
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    if n_gpus < 2:
+        return settings
+    train = settings.train.model_copy(update={"device": f"cuda:{index % n_gpus}"})
+    return settings.model_copy(update={"train": train})
+
+
+@task(name="warm-up", cache_policy=NO_CACHE)
+def warm_up() -> int:
+    """A no-op submitted at flow start: the runner's worker processes import torch and
+    granvae while the main process ingests and versions data, not after."""
+    import os
+
+    return os.getpid()
+
+
+@task(name="candidate", cache_key_fn=candidate_cache_key, persist_result=True)
+def train_candidate(
+    candidate: Candidate,
+    index: int,
+    settings: Settings,
+    data_dir: str,
+    sweep_dir: str,
+    threads: int | None,
+    data_version: str,
+    settings_digest: str,
+    code_version: str,
+) -> dict[str, Any]:
+    """granvae.sweep.run_candidate: train + evaluate (evaluation is part of it)."""
+    get_run_logger().info("training candidate %s", candidate.candidate_id)
+    settings = _device_for(settings, index)
+    row = run_candidate(candidate, settings, Path(data_dir), Path(sweep_dir), threads=threads)
+    get_run_logger().info("candidate %s: %s", candidate.candidate_id, row["status"])
+    return row
+
+
+@task(name="collect-results", cache_policy=NO_CACHE)
+def collect_results(rows: list[dict[str, Any]], sweep_dir: str) -> str:
+    write_results(rows, Path(sweep_dir))
+    return str(Path(sweep_dir) / "results.csv")
+
+
+@task(name="select", cache_policy=NO_CACHE)
+def select_winner(sweep_dir: str, policy: dict[str, Any]):
+    """granvae.select on the results table; decision.csv/.md are written beside it."""
+    from granvae.select import SelectionPolicy, load_rows, select, write_decision
+
+    decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(policy or {}))
+    write_decision(decision, sweep_dir)
+    get_run_logger().info("selection: %s", decision.why)
+    return decision
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export(sweep_dir: str, winner: str, out: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """granvae.export.from_sweep.export_from_sweep on the winner (parity-gated inside)."""
+    return bundle.export_winner(Path(sweep_dir), winner, Path(out), opts)
+
+
+@task(name="verify-bundle", cache_policy=NO_CACHE)
+def verify(bundle_dir: str) -> str:
+    line = bundle.verify_bundle(Path(bundle_dir))
+    get_run_logger().info("%s", line)
+    return line
+
+
+@task(name="register", cache_policy=NO_CACHE, retry_condition_fn=_transient)
+def register(
+    sweep_dir: str, decision: Any, bundle_dir: str, data_version: str, git_sha: str, tracking: dict
+) -> dict[str, Any]:
+    """granvae.tracking.register_winner (it logs the sweep first); idempotent per sweep id."""
+    from granvae.tracking import Store, TrackingSettings, list_versions, register_winner
+
+    cfg = TrackingSettings(**tracking)
+    store = Store(cfg)
+    version = register_winner(
+        sweep_dir,
+        decision,
+        cfg.model_name,
+        bundle_dir=bundle_dir,
+        data_version=data_version,
+        git_commit=git_sha,
+        store=store,
+        experiment=cfg.experiment,
+    )
+    listed = {v["version"]: v for v in list_versions(cfg.model_name, store=store)}
+    return {
+        "version": version,
+        "model_name": cfg.model_name,
+        "tracking_uri": store.uri,
+        "run_id": listed[version]["run_id"],
+        "experiment_id": store.experiment_id(cfg.experiment),
+    }
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def maybe_promote(model_name: str, version: int, policy: dict, metric: str, tracking: dict):
+    """granvae.tracking.promote without force: a refusal is logged and returned, not raised."""
+    from granvae.select import SelectionPolicy
+    from granvae.tracking import PromotionRefused, Store, TrackingSettings, promote
+
+    store = Store(TrackingSettings(**tracking))
+    try:
+        rec = promote(
+            model_name,
+            version,
+            policy=SelectionPolicy.model_validate(policy or {}),
+            compare_metric=metric,
+            reason="auto-promotion by the retrain flow",
+            user="granvae-retrain",
+            store=store,
+        )
+    except PromotionRefused as err:
+        get_run_logger().warning("auto-promotion refused: %s", err)
+        return {"promoted": False, "reason": str(err)}
+    get_run_logger().info("%s", rec.line())
+    return {"promoted": True, "reason": rec.line()}

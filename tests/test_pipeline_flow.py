@@ -1,0 +1,139 @@
+"""The retrain flow end to end on tiny data, against real Prefect, MLflow, git and DVC.
+
+One module-scoped world keeps the suite short: a first retrain (generator), a refused
+landing folder (truncated PNG), a second retrain on newly landed images, and the same
+sweep again on a Dask LocalCluster.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from uuid import UUID
+
+import pytest
+from pipeline_fixtures import (
+    aliases,
+    git,
+    landing_folder,
+    make_project,
+    tiny_params,
+    tree_state,
+    truncate_png,
+    versions,
+)
+
+from pipelines import versioning
+from pipelines.bundle import verify_bundle
+from pipelines.flow import run_retrain, run_sweep_only
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, mlflow_server, prefect_harness):
+    root = tmp_path_factory.mktemp("retrain")
+    params = tiny_params(root, mlflow_server)
+    project = make_project(root, params)
+    params_path = str(project / "params.yaml")
+    first = run_retrain(params_path)
+    return SimpleNamespace(root=root, params=params, project=project, path=params_path, first=first)
+
+
+@pytest.fixture(scope="module")
+def second(world):
+    """New images land; v1 was promoted to champion by a person beforehand."""
+    from granvae.tracking import Store, TrackingSettings, promote
+
+    cfg = TrackingSettings(**world.params["tracking"])
+    promote(cfg.model_name, world.first["version"], store=Store(cfg), user="test")
+    landing = landing_folder(world.root, seed=1)
+    return run_retrain(world.path, overrides={"pipeline": {"landing": str(landing)}})
+
+
+def _artifacts(flow_run_id: str) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    wanted = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]))
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=wanted)
+    return {a.key: a for a in found}
+
+
+def test_first_retrain_registers_one_traceable_version(world) -> None:
+    summary, project = world.first, world.project
+    listed = versions(world.params)
+    assert [v["version"] for v in listed] == [summary["version"]] == [1]
+    assert listed[0]["status"] == "complete"
+    sha = git(project, "log", "-n1", "--format=%h", "--abbrev=10", "--", "data/snapshot.dvc")
+    md5 = versioning.tracked_md5(project, "data/snapshot", rev="HEAD")
+    assert summary["data_version"] == f"{sha}:{md5}" == listed[0]["data_version"]
+    assert aliases(world.params)["challenger"] == 1
+    assert Path(versioning.remote_url(project, "data/snapshot")).exists()  # pushed
+    assert set(summary["candidates"].values()) == {"finished"}
+    assert set(summary["metrics"]) >= {"recall_at_far", "image_auroc", "elbo"}
+
+
+def test_first_retrain_ships_a_verified_bundle(world) -> None:
+    bundle = Path(world.first["bundle"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["data_version"] == world.first["data_version"]
+    assert manifest["candidate"]["granularity"] in (1, 2)
+    assert verify_bundle(bundle).startswith("OK")
+
+
+def test_first_retrain_publishes_leaderboard_and_summary(world) -> None:
+    found = _artifacts(world.first["flow_run_id"])
+    assert {"sweep-leaderboard", "retrain-summary"} <= set(found)
+    table = found["sweep-leaderboard"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert sorted(r["candidate_id"] for r in table) == sorted(world.first["candidates"])
+    markdown = found["retrain-summary"].data
+    assert f"versions/{world.first['version']}" in markdown
+    assert world.first["run_id"] in markdown
+
+
+def test_truncated_png_fails_before_training(world) -> None:
+    landing = landing_folder(world.root, seed=2)
+    bad = sorted((landing / "train" / "good").glob("*.png"))[3]
+    truncate_png(bad)
+    remote = versioning.default_remote(world.project)
+    before = (tree_state(remote), git(world.project, "rev-parse", "HEAD"), versions(world.params))
+    sweeps = tree_state(Path(world.params["pipeline"]["work_dir"]) / "sweeps")
+    with pytest.raises(Exception, match=bad.name) as info:
+        run_retrain(world.path, overrides={"pipeline": {"landing": str(landing)}})
+    assert "validation failed" in str(info.value)
+    after = (tree_state(remote), git(world.project, "rev-parse", "HEAD"), versions(world.params))
+    assert after == before  # remote, git history and registry untouched
+    assert tree_state(Path(world.params["pipeline"]["work_dir"]) / "sweeps") == sweeps
+
+
+def test_second_retrain_new_data_new_challenger_same_champion(world, second) -> None:
+    assert second["data_version"] != world.first["data_version"]
+    assert second["version"] == 2
+    assert aliases(world.params) == {"champion": 1, "challenger": 2}
+    assert [v["data_version"] for v in versions(world.params)] == [
+        second["data_version"],
+        world.first["data_version"],
+    ]
+    log = git(world.project, "log", "--format=%s", "--", "data/snapshot.dvc").splitlines()
+    assert len(log) == 2 and all(line.startswith("data: snapshot") for line in log)
+
+
+def test_dask_local_cluster_gives_the_same_leaderboard(world, second) -> None:
+    local = json.loads((Path(second["sweep_dir"]) / "results.json").read_text())
+    snapshot = str(world.project / "data" / "snapshot")
+    rows = run_sweep_only(
+        snapshot,
+        str(world.root / "sweep-dask"),
+        second["data_version"],
+        params=world.path,
+        overrides={"pipeline": {"dask": "local", "dask_workers": 2}},
+    )
+    assert [r["candidate_id"] for r in rows] == [r["candidate_id"] for r in local]
+    for mine, ref in zip(rows, local, strict=True):
+        assert mine["status"] == ref["status"] == "finished"
+        for key in ("elbo", "recon", "kl", "image_auroc", "recall_at_far", "threshold"):
+            assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-4), key
