@@ -76,7 +76,8 @@ def _configs(c: Candidate, settings: Settings) -> tuple[ModelConfig, ObjectiveCo
     return model, objective, settings.train.model_copy(update={"seed": c.seed})
 
 
-def _row(c: Candidate, settings: Settings, status: str, reason: str | None) -> dict:
+def candidate_row(c: Candidate, settings: Settings, status: str, reason: str | None) -> dict:
+    """The identity columns of a results row; metrics are added to it when finished."""
     alpha, beta, gamma = settings.objective.alpha, c.beta, settings.objective.gamma
     return {
         "candidate_id": c.candidate_id,
@@ -121,7 +122,7 @@ def run_candidate(
                 splits["train"].images, model_cfg, objective, train_cfg, cdir, progress=progress
             )
             if result.status != "finished":
-                return _row(c, settings, "failed", result.reason)
+                return candidate_row(c, settings, "failed", result.reason)
             status = {
                 "epochs_completed": result.epochs_completed,
                 "seconds": result.seconds,
@@ -130,7 +131,7 @@ def run_candidate(
             done = evaluate_candidate(
                 cdir, splits, meta, c.granularity, settings.evaluation, seed=c.seed
             )
-        row = _row(c, settings, "finished", None)
+        row = candidate_row(c, settings, "finished", None)
         row.update(
             epochs=status["epochs_completed"],
             train_seconds=status["seconds"],
@@ -141,7 +142,7 @@ def run_candidate(
         reason = f"{type(err).__name__}: {err}"
         cdir.mkdir(parents=True, exist_ok=True)
         (cdir / "error.txt").write_text(traceback.format_exc())
-        return _row(c, settings, "failed", reason)
+        return candidate_row(c, settings, "failed", reason)
 
 
 def default_workers(cfg: SweepConfig, device: str) -> int:
@@ -177,7 +178,8 @@ def _run_all(
                     try:
                         rows[c.candidate_id] = fut.result()
                     except Exception as err:  # noqa: BLE001 - a dead worker fails its candidate
-                        rows[c.candidate_id] = _row(c, settings, "failed", f"worker died: {err!r}")
+                        reason = f"worker died: {err!r}"
+                        rows[c.candidate_id] = candidate_row(c, settings, "failed", reason)
                     bar.advance(task)
     return [rows[c.candidate_id] for c in cands]
 
@@ -186,6 +188,44 @@ def data_version(data_dir: Path) -> str:
     """The dataset store's identity: the manifest hashes every shard, so hash the manifest."""
     digest = hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
     return f"manifest:{digest[:16]}"
+
+
+def begin_sweep(
+    settings: Settings,
+    data_dir: Path,
+    out_dir: Path,
+    cands: list[Candidate],
+    workers: int | None,
+    data_version_id: str | None = None,
+    sweep_id: str | None = None,
+) -> dict:
+    """Create or refresh sweep.json; a resumed sweep keeps its id and start time, so
+    tracking reuses its MLflow runs instead of logging a second copy."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SWEEP_FILE
+    old = json.loads(path.read_text()) if path.exists() else {}
+    started = old.get("started") or time.time()
+    meta = {
+        "settings": settings.model_dump(mode="json"),
+        "data_dir": str(data_dir.resolve()),
+        "data_version": data_version_id or data_version(data_dir),
+        "candidates": [c.candidate_id for c in cands],
+        "workers": workers,
+        "started": started,
+        "sweep_id": old.get("sweep_id") or sweep_id or f"{out_dir.name}-{int(started)}",
+    }
+    path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def finish_sweep(rows: list[dict], out_dir: Path) -> pd.DataFrame:
+    """Write the results table and stamp sweep.json as finished."""
+    table = write_results(rows, out_dir)
+    path = out_dir / SWEEP_FILE
+    meta = json.loads(path.read_text())
+    meta["finished"] = time.time()
+    path.write_text(json.dumps(meta, indent=2))
+    return table
 
 
 def run_sweep(
@@ -199,27 +239,11 @@ def run_sweep(
     """Run (or finish) a sweep into out_dir following docs/contracts.md; return the rows."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     read_manifest(data_dir)  # fail early, naming the folder, if it is not a dataset store
-    out_dir.mkdir(parents=True, exist_ok=True)
     cands = candidate_grid(settings.sweep, settings.model)
     workers = min(workers or default_workers(settings.sweep, settings.train.device), len(cands))
-    meta = {
-        "settings": settings.model_dump(),
-        "data_dir": str(data_dir.resolve()),
-        "data_version": data_version_id or data_version(data_dir),
-        "candidates": [c.candidate_id for c in cands],
-        "workers": workers,
-        "started": time.time(),
-    }
-    previous = out_dir / SWEEP_FILE
-    if previous.exists():  # a resumed sweep keeps its identity (tracking reuses its runs)
-        meta["sweep_id"] = json.loads(previous.read_text()).get("sweep_id")
-    meta.setdefault("sweep_id", None)
-    meta["sweep_id"] = meta["sweep_id"] or f"{out_dir.name}-{int(meta['started'])}"
-    previous.write_text(json.dumps(meta, indent=2))
+    begin_sweep(settings, data_dir, out_dir, cands, workers, data_version_id)
     rows = _run_all(cands, settings, data_dir, out_dir, workers, progress)
-    write_results(rows, out_dir)
-    meta["finished"] = time.time()
-    previous.write_text(json.dumps(meta, indent=2))
+    finish_sweep(rows, out_dir)
     return rows
 
 

@@ -21,13 +21,12 @@ from prefect.runtime import flow_run
 
 from granvae.data import DataValidationError
 from granvae.export.from_sweep import headline
-from granvae.sweep import candidate_grid
+from granvae.sweep import begin_sweep, candidate_grid, candidate_row
 from pipelines import artifacts, tasks
 from pipelines.config import RunConfig, load_run_config
 from pipelines.runners import make_runner, runner_workers, torch_threads
 from pipelines.runtime import shared_api
-from pipelines.sweepdir import code_version, failed_row, mark_finished, sweep_key
-from pipelines.sweepdir import write_sweep_meta as _write_meta
+from pipelines.sweepdir import code_version, sweep_key
 
 
 class RetrainRefused(RuntimeError):
@@ -66,7 +65,15 @@ def _run_candidates(
     settings, code = run.settings, code_version()
     cands = candidate_grid(settings.sweep, settings.model)
     workers = runner_workers(run.pipeline, len(cands))
-    _write_meta(sweep_dir, settings.model_dump(mode="json"), data_dir, data_version, cands, workers)
+    begin_sweep(
+        settings,
+        Path(data_dir),
+        sweep_dir,
+        cands,
+        workers,
+        data_version,
+        sweep_id=f"retrain-{sweep_dir.name}",
+    )
     remote = str(run.pipeline.dask or "").startswith("tcp")
     threads = None if remote else torch_threads(workers)
     shared = (settings, data_dir, str(sweep_dir), threads, data_version, run.digest(), code)
@@ -76,9 +83,9 @@ def _run_candidates(
         try:
             rows.append(fut.result())
         except Exception as err:  # noqa: BLE001 - a lost worker fails its candidate only
-            rows.append(failed_row(cand, f"task failed: {type(err).__name__}: {err}"))
+            reason = f"task failed: {type(err).__name__}: {err}"
+            rows.append(candidate_row(cand, settings, "failed", reason))
     tasks.collect_results(rows, str(sweep_dir))
-    mark_finished(sweep_dir)
     return rows
 
 

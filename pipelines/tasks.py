@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext
 
 from granvae.config import Settings
 from granvae.data import check_dataset, generate, load_mvtec, write_dataset
-from granvae.sweep import Candidate, run_candidate, write_results
+from granvae.sweep import Candidate, finish_sweep, run_candidate
 from pipelines import bundle, versioning
 from pipelines.config import PipelineConfig
 
@@ -127,7 +127,7 @@ def train_candidate(
 
 @task(name="collect-results", cache_policy=NO_CACHE)
 def collect_results(rows: list[dict[str, Any]], sweep_dir: str) -> str:
-    write_results(rows, Path(sweep_dir))
+    finish_sweep(rows, Path(sweep_dir))
     return str(Path(sweep_dir) / "results.csv")
 
 
