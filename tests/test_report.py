@@ -160,3 +160,19 @@ def test_defect_free_data_skips_heatmaps_with_a_note(tmp_path: Path) -> None:
     assert "no defect images" in page
     assert not (tmp_path / "sweep" / "report" / "heatmaps.png").exists()
     assert (tmp_path / "sweep" / "report" / "traversals.png").exists()
+
+
+def test_heatmaps_draw_negative_gaussian_nll_maps() -> None:
+    """A Gaussian decoder's per-pixel NLL is negative; the colour range must follow it."""
+    from granvae.report.pictures import plot_heatmaps
+
+    rng = np.random.default_rng(0)
+    maps = -2.0 + 0.1 * rng.random((2, 16, 16))
+    masks = np.zeros((2, 16, 16), dtype=np.uint8)
+    masks[1, 4:8, 4:8] = 1
+    images = rng.integers(0, 255, (2, 1, 16, 16)).astype(np.uint8)
+    fig = plot_heatmaps(images, maps, masks, np.array([1.0, 5.0]), ["good", "blob"], 3.0, "t")
+    fig.canvas.draw()
+    shown = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "inferno"]
+    lo, hi = shown[0].get_clim()
+    assert lo < hi <= -1.9

@@ -216,12 +216,15 @@ def plot_heatmaps(
     n = len(images)
     fig = new_figure(max(1.8 * n + 1.4, 8.0), 4.6)
     axes = fig.subplots(2, n, squeeze=False)
-    vmax = float(np.percentile(maps, 99)) or 1.0
+    # Per-pixel NLL is negative under a Gaussian decoder (a density, not a probability),
+    # so the colour range comes from the maps themselves, not from zero.
+    vmin, vmax = (float(v) for v in np.percentile(maps, [1, 99]))
+    vmax = vmax if vmax > vmin else vmin + 1.0
     for i in range(n):
         grey = display(images[i] / 255.0)
         axes[0, i].imshow(grey, cmap="gray", vmin=0, vmax=1)
         axes[1, i].imshow(grey, cmap="gray", vmin=0, vmax=1)
-        shown = axes[1, i].imshow(maps[i], cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
+        shown = axes[1, i].imshow(maps[i], cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax)
         for ax in axes[:, i]:
             if masks[i].any():
                 ax.contour(masks[i], levels=[0.5], colors="cyan", linewidths=1)
