@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +43,10 @@ class SnapshotVersion:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    """The interpreter's own bin folder first: `dvc` (and the stages' `python`) must be the
+    ones installed beside granvae even when the virtual environment was never activated."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
