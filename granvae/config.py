@@ -75,11 +75,12 @@ class SettingsError(ValueError):
     """A params file or override that does not fit the schema; names the file and field."""
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; the override wins leaf by leaf (params.yaml <- profile <- --set)."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -98,7 +99,7 @@ def load_settings(
             raise SettingsError(f"{source}: not valid YAML: {err}") from err
     elif path:
         raise SettingsError(f"{source}: params file not found")
-    merged = _merge(raw, overrides or {})
+    merged = merge(raw, overrides or {})
     try:
         return Settings(**merged)
     except ValidationError as err:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import merge
+from granvae.config import merge
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
-from granvae.config import Settings, SettingsError, load_settings
+from granvae.config import Settings, SettingsError, load_settings, merge
 
 
 class PipelineConfig(BaseModel):
@@ -52,17 +52,6 @@ class RunConfig:
         keep = self.settings.model_dump(mode="json", exclude={"tracking"})
         blob = json.dumps(keep, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict merge; the override wins leaf by leaf."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _read_yaml(path: Path | None) -> dict[str, Any]:

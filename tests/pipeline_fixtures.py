@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from granvae.config import merge
 from granvae.data import generate
 from granvae.data.to_folder import write_mvtec
-from pipelines.config import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 

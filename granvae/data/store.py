@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -43,6 +42,7 @@ from granvae.data.base import (
     take,
 )
 from granvae.data.validate import SPLITS, validate_dataset, validate_split
+from granvae.fsutil import swap_dir_into_place
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -142,20 +142,6 @@ def _refuse_non_dataset(out: Path) -> None:
         raise FileExistsError(f"{out} is not a granvae dataset ({shown}); refusing to overwrite")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_dataset(
     out_dir: str | Path, splits: dict[str, Split], meta: DatasetMeta, shard_size: int = 2048
 ) -> dict[str, Any]:
@@ -174,7 +160,7 @@ def write_dataset(
             os.fsync(directory)
         finally:
             os.close(directory)
-        _swap_in(tmp, out)
+        swap_dir_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ from typing import Any
 import onnx
 
 from granvae.export.graph import INPUT_NAME, OUTPUT_NAMES, onnx_opset
+from granvae.fsutil import swap_dir_into_place
 from granvae.metrics.thresholds import Threshold
 
 __all__ = [
@@ -191,23 +192,6 @@ def _assemble(tmp: Path, onnx_path: Path, fields: dict[str, Any]) -> dict[str, A
     return manifest
 
 
-def _swap_in(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename into place; an existing bundle is moved aside first and removed after."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_bundle(
     out_dir: Path | str,
     onnx_path: Path | str,
@@ -246,7 +230,9 @@ def write_bundle(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is served to devices
         manifest = _assemble(tmp, Path(onnx_path), fields)
-        _swap_in(tmp, out_dir, overwrite)
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
+        swap_dir_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,17 +13,10 @@ from typing import Any
 
 from granvae.data import load_dataset
 from granvae.export.candidate import ExportResult, export_candidate
+from granvae.metrics import HEADLINE
 from granvae.select import load_rows
 
 CANDIDATE_KEYS = ("objective", "granularity", "beta", "alpha", "gamma", "latent_dim", "seed")
-HEADLINE = (
-    "recall_at_far",
-    "image_auroc",
-    "pixel_auroc",
-    "elbo",
-    "observed_far",
-    "latency_p95_b1_ms",
-)
 
 
 def headline(row: dict[str, Any]) -> dict[str, float]:

@@ -1,0 +1,11 @@
+"""Metric families, each a pure compute function behind a thin sampler."""
+
+# What people read first about a candidate: bundle manifests and registry tags carry these.
+HEADLINE = (
+    "recall_at_far",
+    "image_auroc",
+    "pixel_auroc",
+    "elbo",
+    "observed_far",
+    "latency_p95_b1_ms",
+)

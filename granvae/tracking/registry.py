@@ -24,6 +24,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from granvae.metrics import HEADLINE as HEADLINE_METRICS
 from granvae.select import Decision, decision_markdown
 from granvae.tracking.runs import (
     CANDIDATE_ID,
@@ -42,15 +43,7 @@ COMPLETE = "granvae.complete"
 METRICS_TAG = "granvae.metrics"
 GATES_TAG = "granvae.gates_passed"
 ATTEMPT = "granvae.attempt"
-HEADLINE = (
-    "recall_at_far",
-    "image_auroc",
-    "pixel_auroc",
-    "elbo",
-    "observed_far",
-    "latency_p95_b1_ms",
-    "onnx_parity",
-)
+HEADLINE = (*HEADLINE_METRICS, "onnx_parity")
 DESCRIPTION_LIMIT = 5000  # model_versions.description is VARCHAR(5000)
 Progress = Callable[[str], None]
 
