@@ -12,6 +12,7 @@ Pure: no mlflow, no torch. `load_rows` and `write_decision` are the only file I/
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
@@ -277,20 +278,21 @@ def decision_markdown(decision: Decision) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv_cell(value: Any) -> str:
+def _csv_value(value: Any) -> Any:
+    """NaN and None become empty cells; floats keep full precision."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    text = repr(value) if isinstance(value, float) else str(value)
-    return f'"{text}"' if any(ch in text for ch in ',"\n') else text
+    return repr(value) if isinstance(value, float) else value
 
 
 def write_decision(decision: Decision, sweep_dir: Path | str) -> tuple[Path, Path]:
     """decision.csv (machine) and decision.md (people) beside the results table."""
     sweep_dir = Path(sweep_dir)
     cols = list(decision.rows[0]) if decision.rows else ["candidate_id"]
-    lines = [",".join(_csv_cell(c) for c in cols)]
-    lines += [",".join(_csv_cell(r[c]) for c in cols) for r in decision.rows]
     csv_path, md_path = sweep_dir / DECISION_CSV, sweep_dir / DECISION_MD
-    csv_path.write_text("\n".join(lines) + "\n")
+    with csv_path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: _csv_value(r[c]) for c in cols} for r in decision.rows)
     md_path.write_text("# Candidate selection\n\n" + decision_markdown(decision))
     return csv_path, md_path
