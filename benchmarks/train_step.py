@@ -25,6 +25,7 @@ from flops import count_forward_flops, cpu_peak_gflops  # noqa: E402
 from granvae.data import generate  # noqa: E402
 from granvae.models import FactorizedVAE, ModelConfig  # noqa: E402
 from granvae.objectives import ObjectiveConfig, compute_terms  # noqa: E402
+from granvae.train import MEMORY_FORMATS  # noqa: E402
 
 OBJECTIVES = {
     "vae": ObjectiveConfig(name="vae"),
@@ -55,9 +56,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     splits, _ = generate("shapes", args.batch, 1, 1, seed=0)
-    x = torch.from_numpy(splits["train"].images).float() / 255.0
     cfg = ModelConfig(arch="conv", image_size=64, latent_dim=args.latent_dim)
-    models = {name: FactorizedVAE(cfg) for name in OBJECTIVES}
+    fmt = MEMORY_FORMATS[cfg.arch]  # the trainer's layout: channels-last for convs
+    x = (torch.from_numpy(splits["train"].images).float() / 255.0).contiguous(memory_format=fmt)
+    models = {name: FactorizedVAE(cfg).to(memory_format=fmt) for name in OBJECTIVES}
     optims = {name: torch.optim.Adam(m.parameters(), 1e-4) for name, m in models.items()}
     times: dict[str, list[float]] = {name: [] for name in OBJECTIVES}
     for i in range(args.warmup + args.steps):
@@ -72,6 +74,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"D={args.latent_dim}, 64x64 shapes, median of {args.steps} steps"
     )
+    print("layout: channels-last (as granvae.train uses); objectives interleaved round-robin")
     print(f"train FLOPs/image = 3 x forward = {flops_img / 1e6:.1f} MFLOP; peak: {how}")
     print(f"{'objective':<20}{'step ms':>10}{'images/s':>10}{'vs vae':>9}{'% of peak':>11}")
     for name, ts in times.items():

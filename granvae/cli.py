@@ -182,8 +182,10 @@ def sweep_cmd(
         f"{failed or ''}; results: [bold]{out / 'results.csv'}[/bold]"
     )
     if track:
+        from granvae.report import build_report
         from granvae.tracking import Store, TrackingSettings, log_sweep
 
+        build_report(out, all_candidates=True)  # every child run gets its pictures
         tracking = TrackingSettings.model_validate(settings.tracking)
         ids = log_sweep(out, experiment=tracking.experiment, store=Store(tracking))
         uri, run = ids["tracking_uri"], ids["parent_run_id"]

@@ -86,6 +86,10 @@ def register_cmd(
     console.print(decision_markdown(decision))
     if decision.winner is None:
         _fail(f"nothing registered: {decision.why}", code=1)
+    if not (sweep_dir / "report" / "report.html").is_file():
+        from granvae.report import build_report
+
+        build_report(sweep_dir, all_candidates=True)  # the plots people decide on in the UI
     name = model_name or tracking.model_name
     try:
         version = register_winner(

@@ -148,6 +148,7 @@ def retrain(
     artifacts.publish_leaderboard(artifacts.leaderboard(rows, decision.rows), decision.why)
     if decision.winner is None:
         raise RetrainRefused(f"no candidate passed the gates, nothing registered: {decision.why}")
+    tasks.report(sweep_dir)
     shipped = _ship_stage(run, snap, sweep_dir, decision)
     clock["ship"] = time.perf_counter()
     summary = _summary(run, snap, sweep_dir, rows, decision, shipped, clock)

@@ -142,6 +142,15 @@ def select_winner(sweep_dir: str, policy: dict[str, Any]):
     return decision
 
 
+@task(name="report", cache_policy=NO_CACHE)
+def report(sweep_dir: str) -> str:
+    """granvae.report.build_report with every candidate's pictures, so each MLflow child
+    run carries its traversals, reconstructions and heatmaps, and the parent the V plot."""
+    from granvae.report import build_report
+
+    return str(build_report(sweep_dir, all_candidates=True))
+
+
 @task(name="export", cache_policy=NO_CACHE)
 def export(sweep_dir: str, winner: str, out: str, opts: dict[str, Any]) -> dict[str, Any]:
     """granvae.export.from_sweep.export_from_sweep on the winner (parity-gated inside)."""

@@ -137,3 +137,16 @@ def test_dask_local_cluster_gives_the_same_leaderboard(world, second) -> None:
         assert mine["status"] == ref["status"] == "finished"
         for key in ("elbo", "recon", "kl", "image_auroc", "recall_at_far", "threshold"):
             assert mine[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-4), key
+
+
+def test_every_candidate_run_carries_its_pictures(world) -> None:
+    """People decide in the MLflow UI: each child run has its plots, the parent the V."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(world.params["tracking"]["uri"])
+    winner = client.get_run(world.first["run_id"])
+    plots = {a.path for a in client.list_artifacts(winner.info.run_id, "plots")}
+    assert {"plots/traversals.png", "plots/reconstructions.png"} <= plots
+    parent = client.get_run(winner.data.tags["mlflow.parentRunId"])
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/elbo_vs_granularity.png" in names
