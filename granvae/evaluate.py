@@ -20,7 +20,7 @@ from granvae.data.generate import KINDS
 from granvae.metrics import attribution, elbo, inspection, latency
 from granvae.metrics.disentanglement import evaluate_all
 from granvae.metrics.thresholds import Threshold, calibrate_threshold
-from granvae.models import FactorizedVAE
+from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, score_images
 
@@ -47,8 +47,7 @@ def _disentanglement(model: FactorizedVAE, meta: DatasetMeta, cfg: EvalConfig, s
 
     @torch.no_grad()
     def represent(obs: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(obs)).float() / 255.0
-        return model.encode(x)[0].numpy()
+        return model.encode(to_unit(obs))[0].numpy()
 
     rng = np.random.default_rng(seed)
     return evaluate_all(

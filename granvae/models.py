@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field, field_validator
 from torch import nn
@@ -107,6 +108,11 @@ def _mlp_decoder(cfg: ModelConfig) -> nn.Sequential:
         nn.Linear(cfg.hidden, shape[0] * shape[1] * shape[2]),
         nn.Unflatten(1, shape),
     )
+
+
+def to_unit(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NCHW (the dataset layout) -> float in [0, 1], the scale every model sees."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).float() / 255.0
 
 
 ARCHITECTURES = {"conv": (_conv_encoder, _conv_decoder), "mlp": (_mlp_encoder, _mlp_decoder)}

@@ -18,8 +18,7 @@ from granvae.metrics.attribution import (
     reset_attribution,
     score_at_latent,
 )
-from granvae.metrics.elbo import to_unit
-from granvae.models import FactorizedVAE, ModelConfig
+from granvae.models import FactorizedVAE, ModelConfig, to_unit
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, score_images
 

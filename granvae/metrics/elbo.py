@@ -30,7 +30,7 @@ from granvae.distributions import (
     log_standard_normal,
     recon_nll_map,
 )
-from granvae.models import FactorizedVAE, VAEOutput
+from granvae.models import FactorizedVAE, VAEOutput, to_unit
 from granvae.objectives import ObjectiveConfig, compute_terms
 
 __all__ = [
@@ -41,15 +41,9 @@ __all__ = [
     "decomposition_terms",
     "elbo_terms",
     "iwae_bound",
-    "to_unit",
 ]
 
 DECOMPOSITION_TERMS = ("mi", "tc", "tc_between", "group_kl")
-
-
-def to_unit(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NCHW -> float in [0, 1], the model's input scale (as in the trainer and head)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).float() / 255.0
 
 
 def batches(

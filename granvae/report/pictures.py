@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 
 from granvae.data import DatasetMeta, Split
 from granvae.distributions import recon_mean
-from granvae.models import FactorizedVAE
+from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
 from granvae.report.plots import new_figure
 from granvae.report.tables import SweepView
@@ -54,10 +54,6 @@ def load_candidate(view: SweepView, candidate_id: str) -> LoadedCandidate:
     )
 
 
-def _unit(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
-
-
 def display(image: np.ndarray) -> np.ndarray:
     """CHW in [0, 1] -> what imshow takes: HW for grey, HWC for colour."""
     return image[0] if image.shape[0] == 1 else np.clip(image.transpose(1, 2, 0), 0, 1)
@@ -75,7 +71,7 @@ def traversal_grid(
     Holding the others at the image's own posterior mean shows what each
     latent controls for *this* part, which is what an engineer can judge.
     """
-    mu, _ = model.encode(_unit(image[None]))
+    mu, _ = model.encode(to_unit(image[None]))
     values = torch.linspace(-span, span, steps)
     dims = mu.shape[1]
     z = mu.repeat(dims * steps, 1).view(dims, steps, dims)
@@ -151,7 +147,7 @@ def traversal_title(c: LoadedCandidate, role: str) -> str:
 @torch.no_grad()
 def reconstruct(model: FactorizedVAE, images: np.ndarray) -> np.ndarray:
     """Posterior-mean reconstructions in [0, 1]: what the model thinks the part looks like."""
-    params = model.decode(model.encode(_unit(images))[0])
+    params = model.decode(model.encode(to_unit(images))[0])
     return recon_mean(model.config.likelihood, params).numpy()
 
 
