@@ -42,6 +42,7 @@ from granvae.export import (  # noqa: E402
 from granvae.export.graph import INPUT_NAME, physical_cores
 from granvae.export.parity import torch_outputs
 from granvae.metrics.inspection import image_auroc
+from granvae.metrics.latency import measure_latency
 from granvae.metrics.thresholds import calibrate_threshold
 from granvae.models import FactorizedVAE, ModelConfig
 from granvae.objectives import ObjectiveConfig, make_groups
@@ -57,17 +58,13 @@ def load_data(n_train: int, n_test: int, size: int, seed: int) -> dict[str, tupl
 
 
 def time_runner(run: Runner, images: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
-    """p50/p95 latency (ms) over ``repeats`` calls after 3 warm-ups; images/s from p50."""
-    batches = [images[(i * batch) % len(images) :][:batch] for i in range(repeats + 3)]
-    batches = [b if len(b) == batch else images[:batch] for b in batches]
-    for b in batches[:3]:
-        run(b)
-    times = []
-    for b in batches[3:]:
-        t0 = time.perf_counter()
-        run(b)
-        times.append(time.perf_counter() - t0)
-    p50, p95 = np.percentile(times, [50, 95]) * 1e3
+    """p50/p95 call latency (ms) over ``repeats`` calls after 3 warm-ups; images/s from p50.
+
+    Timed by granvae.metrics.latency (the numbers a sweep reports), scaled back from
+    per-image to per-call milliseconds.
+    """
+    lat = measure_latency(run, images, (batch,), repeats=repeats, warmup=3)
+    p50, p95 = (lat[f"latency_{q}_b{batch}_ms"] * batch for q in ("p50", "p95"))
     return {"p50": p50, "p95": p95, "ips": batch / (p50 / 1e3)}
 
 
