@@ -122,6 +122,8 @@ def promote_cmd(
         _fail(str(err))
     forced = " [yellow](forced)[/yellow]" if rec.forced else ""
     console.print(f"{name}: champion is now version {rec.to_version}{forced} ({rec.line()})")
+    if rec.note:
+        console.print(f"checked {rec.note}", soft_wrap=True)
 
 
 def rollback_cmd(
@@ -150,12 +152,14 @@ def _cell(value: object) -> str:
 
 def models_cmd(model_name: NameOpt = None, params: ParamsOpt = None) -> None:
     """List the registered versions with their aliases and headline metrics."""
-    from granvae.tracking import Store, TrackingUnavailable, list_versions
+    from granvae.tracking import Store, TrackingUnavailable, champion_check, list_versions
 
-    _, tracking, _ = _settings(params)
+    _, tracking, policy = _settings(params)
     name = model_name or tracking.model_name
     try:
-        rows = list_versions(name, store=Store(tracking))
+        store = Store(tracking)
+        rows = list_versions(name, store=store)
+        check = champion_check(name, policy, store=store)
     except TrackingUnavailable as err:
         _fail(str(err))
     cols = ("version", "aliases", "recall_at_far", "image_auroc", "elbo", "granularity", "beta",
@@ -167,6 +171,8 @@ def models_cmd(model_name: NameOpt = None, params: ParamsOpt = None) -> None:
         aliases = ", ".join(row["aliases"])
         table.add_row(*[aliases if c == "aliases" else _cell(row.get(c)) for c in cols])
     Console(width=max(console.width, 132)).print(table)  # readable when piped, too
+    if check:
+        console.print(check, soft_wrap=True)
 
 
 def ui_cmd(

@@ -126,14 +126,18 @@ def test_promote_refuse_force_and_rollback_are_recorded(mlflow_server, tmp_path)
     assert "promote to champion by alice" in mv1.description
 
 
-def test_other_data_is_not_compared_and_promotes(mlflow_server, tmp_path):
+def test_other_data_without_an_evaluation_set_is_refused_unless_forced(mlflow_server, tmp_path):
+    """No shared images to score both on (these fixture sweeps have no data): never a
+    silent promotion across data versions (the old behaviour), only a recorded --force."""
     store, name = fast_store(mlflow_server, tmp_path), unique("data")
     _register(tmp_path, store, name, "a")
     promote(name, store=store)
     worse = [candidate_row(1, 0.5, -100.0)]
     v2 = _register(tmp_path, store, name, "b", rows=worse, data_version="manifest:bbbb")
-    rec = promote(name, store=store)
-    assert rec.to_version == v2 and not rec.forced and "different data_version" in rec.note
+    with pytest.raises(PromotionRefused, match="cannot be compared with champion version 1"):
+        promote(name, store=store)
+    rec = promote(name, store=store, force=True, reason="new line, no overlap")
+    assert rec.to_version == v2 and rec.forced and "no evaluation set recorded" in rec.note
 
 
 def test_failure_mid_registration_leaves_no_version_and_no_alias(mlflow_server, tmp_path):

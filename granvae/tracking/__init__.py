@@ -7,7 +7,13 @@
 - ui: the MLflow UI on the embedded store.
 """
 
-from granvae.tracking.promotion import PromotionRecord, history, promote, rollback
+from granvae.tracking.promotion import (
+    PromotionRecord,
+    champion_check,
+    history,
+    promote,
+    rollback,
+)
 from granvae.tracking.registry import MODEL_NAME, list_versions, register_winner
 from granvae.tracking.runs import log_sweep, read_sweep
 from granvae.tracking.store import (
@@ -27,6 +33,7 @@ __all__ = [
     "Store",
     "TrackingSettings",
     "TrackingUnavailable",
+    "champion_check",
     "history",
     "list_versions",
     "log_sweep",

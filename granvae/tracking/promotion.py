@@ -19,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from granvae.select import SelectionPolicy
+from granvae.tracking.compare import CannotCompare, compare
 from granvae.tracking.registry import (
     COMPLETE,
     GATES_TAG,
@@ -50,6 +51,7 @@ class PromotionRecord:
     forced: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    comparison: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         came = f"v{self.from_version}" if self.from_version else "no champion"
@@ -79,12 +81,9 @@ def _gate_problems(mv: ModelVersion, policy: SelectionPolicy | None) -> list[str
     return [f"version {mv.version} fails the gates {failed}"] if failed else []
 
 
-def _worse(mv: ModelVersion, champ: ModelVersion | None, metric: str) -> tuple[list[str], str]:
-    """(problems, note): compared only on the same evaluation data (data_version tag)."""
-    if champ is None:
-        return [], ""
-    if mv.tags.get("data_version") != champ.tags.get("data_version"):
-        return [], "not compared with the champion: different data_version"
+def _recorded_worse(mv: ModelVersion, champ: ModelVersion, metric: str) -> list[str]:
+    """The fallback when no shared evaluation set exists: the registered numbers, which
+    are only comparable when both were measured on the same data version."""
     new, old = _metrics(mv), _metrics(champ)
     for key in (metric, "elbo"):
         a, b = new.get(key), old.get(key)
@@ -94,9 +93,39 @@ def _worse(mv: ModelVersion, champ: ModelVersion | None, metric: str) -> tuple[l
             return [
                 f"version {mv.version} is worse than champion version {champ.version} on the "
                 f"same data ({mv.tags.get('data_version')}): {key} {a:.6g} < {b:.6g}"
-            ], ""
-        return [], ""
-    return [], ""
+            ]
+        return []
+    return []
+
+
+def _versus(
+    store: Store, mv: ModelVersion, champ: ModelVersion | None, metric: str
+) -> tuple[list[str], str, dict[str, Any]]:
+    """(problems, note, comparison): both scored on the challenger's evaluation images.
+
+    Refused when the challenger is worse beyond the paired bootstrap's noise interval, or
+    when no fair comparison is possible across different data versions.
+    """
+    if champ is None:
+        return [], "", {}
+    try:
+        result = compare(store, mv, champ)
+    except CannotCompare as err:
+        if mv.tags.get("data_version") == champ.tags.get("data_version"):
+            note = f"compared on registered metrics (same data version; {err})"
+            return _recorded_worse(mv, champ, metric), note, {}
+        return [
+            f"version {mv.version} cannot be compared with champion version {champ.version} "
+            f"on the same images ({err}); they were evaluated on different data "
+            f"({mv.tags.get('data_version')} vs {champ.tags.get('data_version')})"
+        ], "", {}
+    note = result.describe()
+    if result.worse:
+        return [
+            f"version {mv.version} is worse than champion version {champ.version} beyond "
+            f"noise {note}"
+        ], note, result.as_dict()
+    return [], note, result.as_dict()
 
 
 def champion(store: Store, name: str) -> ModelVersion | None:
@@ -129,6 +158,7 @@ def _record(store: Store, name: str, target: ModelVersion, rec: PromotionRecord)
         ("promoted_at", rec.at),
         ("promotion_reason", rec.reason),
         ("promotion_forced", str(rec.forced)),
+        ("promotion_check", rec.note[:5000]),
     ):
         call(
             "tag version",
@@ -194,10 +224,15 @@ def promote(
     current = champion(store, model_name)
     if current is not None and current.version == target.version:
         raise PromotionRefused(f"{model_name} version {target.version} is already champion")
-    worse, note = _worse(target, current, compare_metric)
-    problems = _gate_problems(target, policy) + worse
+    problems = _gate_problems(target, policy)
+    worse, note, comparison = _versus(store, target, current, compare_metric)
+    problems += worse
     if problems and not force:
         raise PromotionRefused("; ".join(problems) + " (--force overrides, and is recorded)")
+    if problems and not reason.strip():
+        raise PromotionRefused("; ".join(problems) + " (--force needs --reason: it is recorded)")
+    if problems:
+        note = "forced over: " + "; ".join(problems)
     rec = PromotionRecord(
         "promote",
         int(target.version),
@@ -208,6 +243,7 @@ def promote(
         bool(problems),
         {k: v for k, v in _metrics(target).items() if k in HEADLINE},
         note,
+        comparison,
     )
     _move(store, model_name, target, rec)
     return rec
@@ -256,3 +292,26 @@ def rollback(
     )
     _move(store, model_name, target, rec)
     return rec
+
+
+def champion_check(
+    model_name: str = MODEL_NAME,
+    policy: SelectionPolicy | None = None,
+    *,
+    store: Store | None = None,
+) -> str | None:
+    """One line on the champion: moved outside granvae (e.g. the MLflow UI)? gates passed?
+
+    None when there is no champion. The alias itself cannot be guarded (anyone with write
+    access to the registry can move it), so `granvae models` reports what it finds.
+    """
+    store = store or Store(TrackingSettings())
+    current = champion(store, model_name)
+    if current is None:
+        return None
+    entries = history(model_name, store=store)
+    recorded = bool(entries) and entries[-1].get("to_version") == int(current.version)
+    gates = _gate_problems(current, policy)
+    how = "moved by granvae" if recorded else "MOVED OUTSIDE granvae (no promotion recorded)"
+    result = "gates passed" if not gates else "GATES FAILED: " + "; ".join(gates)
+    return f"champion version {current.version}: {how}; {result}"

@@ -26,6 +26,8 @@ from mlflow.exceptions import MlflowException
 
 from granvae.metrics import HEADLINE as HEADLINE_METRICS
 from granvae.select import Decision, decision_markdown
+from granvae.tracking.compare import EVAL_DIR, EVAL_FILE, EVAL_TAG, SCORE_TAG, write_eval_set
+from granvae.tracking.provenance import PROVENANCE_DIR, code_tags, write_params
 from granvae.tracking.runs import (
     CANDIDATE_ID,
     SWEEP_ID,
@@ -39,6 +41,7 @@ from granvae.tracking.staging import stage_bundle, stage_torch
 from granvae.tracking.store import RegistrationRefused, Store, TrackingSettings
 
 MODEL_NAME = "granvae-inspector"
+PARAMS_TAG = "granvae.params"
 COMPLETE = "granvae.complete"
 METRICS_TAG = "granvae.metrics"
 GATES_TAG = "granvae.gates_passed"
@@ -228,17 +231,34 @@ def register_winner(
             if not aliased and "granvae.promoted_at" not in found.tags:
                 _finish(store, model_name, found, staged, run_id)
             return int(found.version)
-        return _create(
-            store,
-            model_name,
-            info,
-            row,
-            decision,
-            staged,
-            run_id,
-            {"git_commit": git_commit, "granvae.flavor": staged.name},
-            say,
-        )
+        uploads, tags = _provenance(info, Path(tmp))
+        code = code_tags()
+        tags.update(code, git_commit=git_commit or code["granvae.code_commit"])
+        tags["granvae.flavor"] = staged.name
+        return _create(store, model_name, info, row, decision, staged, run_id, tags, say, uploads)
+
+
+def _provenance(info: SweepInfo, tmp: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Files uploaded beside the model (evaluation set, resolved params) and their tags.
+
+    The evaluation set is what promotion scores the champion on (granvae.tracking.compare);
+    it is absent when the sweep's data folder is gone, and promotion then says so.
+    """
+    settings = info.meta.get("settings") or {}
+    evaluation = settings.get("evaluation") or {}
+    uploads: dict[str, Path] = {}
+    tags = {SCORE_TAG: str(evaluation.get("score") or "neg_elbo")}
+    data_dir = info.meta.get("data_dir")
+    far = float(evaluation.get("false_alarm_rate") or 0.01)
+    eval_set = write_eval_set(Path(data_dir), tmp / EVAL_DIR, far) if data_dir else None
+    if eval_set is not None:
+        uploads[EVAL_DIR] = eval_set
+        tags[EVAL_TAG] = f"{EVAL_DIR}/{EVAL_FILE}"
+    resolved = info.directory / "params.resolved.yaml"
+    params = resolved if resolved.is_file() else write_params(settings, tmp / PROVENANCE_DIR)
+    uploads[PROVENANCE_DIR] = params
+    tags[PARAMS_TAG] = f"{PROVENANCE_DIR}/{params.name}"
+    return uploads, tags
 
 
 def _create(
@@ -251,8 +271,11 @@ def _create(
     run_id: str,
     extra: dict,
     say: Progress,
+    uploads: dict[str, Path] | None = None,
 ) -> int:
     log_artifact_dir(store, run_id, staged, staged.name)
+    for folder, path in (uploads or {}).items():
+        log_artifact_files(store, run_id, [path], folder)
     say("artifacts_uploaded")
     _ensure_model(store, name)
     run = store.call("get run", store.client.get_run, run_id)
@@ -307,6 +330,7 @@ def list_versions(model_name: str = MODEL_NAME, *, store: Store | None = None) -
             "latent_dim",
             "data_version",
             "git_commit",
+            "granvae.code_dirty",
             CANDIDATE_ID,
             SWEEP_ID,
             "granvae.promoted_by",

@@ -44,7 +44,14 @@ CANDIDATE_PARAMS = (
 )
 _NOT_METRICS = set(CANDIDATE_PARAMS) | {"candidate_id", "status", "reason", "device"}
 _CANDIDATE_FILES = ("evaluation.json", "threshold.json", "status.json", "error.txt")
-_PARENT_FILES = ("sweep.json", "results.csv", "results.json", "decision.csv", "decision.md")
+_PARENT_FILES = (
+    "sweep.json",
+    "results.csv",
+    "results.json",
+    "decision.csv",
+    "decision.md",
+    "params.resolved.yaml",  # the exact params, profile applied (written by the retrain flow)
+)
 
 
 @dataclass
@@ -279,7 +286,13 @@ def _log_parent_body(store: Store, run: Run, info: SweepInfo, children: dict[str
         Metric("n_candidates", len(info.rows), info.base_ms, 0),
         Metric("n_finished", finished, info.base_ms, 0),
     ]
-    tags = {"granvae.data_version": info.data_version, "granvae.sweep_dir": str(info.directory)}
+    from granvae.tracking.provenance import code_tags
+
+    tags = {
+        "granvae.data_version": info.data_version,
+        "granvae.sweep_dir": str(info.directory),
+        **code_tags(),
+    }
     _log(store, run, _sweep_params(info), metrics, tags)
     inputs = _dataset_input(info)
     if inputs:

@@ -112,6 +112,7 @@ def _call_env(timeout_s: int) -> Iterator[None]:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # our CLI prints what matters
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     old = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
