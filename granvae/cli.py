@@ -78,57 +78,84 @@ def data_check(path: Annotated[Path, typer.Argument(help="dataset store folder")
     console.print_json(json.dumps(summary, default=str))
 
 
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option(help="params.yaml over the embedded defaults (default: ./params.yaml if any)"),
+]
+
+
+def _train_overrides(**flags: object) -> dict:
+    """CLI flags as a partial params tree: only what the user typed overrides params.yaml."""
+    sections = {
+        "model": ("arch", "latent_dim", "likelihood"),
+        "objective": ("name", "beta", "granularity", "estimator"),
+        "train": ("epochs", "batch_size", "lr", "seed", "device"),
+    }
+    out: dict[str, dict] = {}
+    for section, keys in sections.items():
+        picked = {k: flags[k] for k in keys if flags.get(k) is not None}
+        if picked:
+            out[section] = picked
+    return out
+
+
 @app.command("train")
 def train_cmd(
     data: Annotated[Path, typer.Option(help="dataset store folder")],
     out: Annotated[Path, typer.Option(help="run folder: checkpoint, model, status")],
-    objective: Annotated[str, typer.Option(help="vae | beta_vae | beta_tcvae | beta_stcvae")] = (
-        "beta_stcvae"
-    ),
-    granularity: Annotated[int, typer.Option(min=1)] = 1,
-    beta: Annotated[float, typer.Option(min=0)] = 1.0,
-    latent_dim: Annotated[int, typer.Option(min=1)] = 10,
-    arch: Annotated[str, typer.Option(help="conv | mlp")] = "conv",
-    likelihood: Annotated[str, typer.Option(help="bernoulli | gaussian")] = "bernoulli",
-    estimator: Annotated[str, typer.Option(help="mws | mss")] = "mws",
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(min=2)] = 64,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    params: ParamsOpt = None,
+    objective: Annotated[
+        str | None, typer.Option(help="vae | beta_vae | beta_tcvae | beta_stcvae")
+    ] = None,
+    granularity: Annotated[int | None, typer.Option(min=1)] = None,
+    beta: Annotated[float | None, typer.Option(min=0)] = None,
+    latent_dim: Annotated[int | None, typer.Option(min=1)] = None,
+    arch: Annotated[str | None, typer.Option(help="conv | mlp")] = None,
+    likelihood: Annotated[str | None, typer.Option(help="bernoulli | gaussian")] = None,
+    estimator: Annotated[str | None, typer.Option(help="mws | mss")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=2)] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     resume: Annotated[bool, typer.Option(help="continue from out/checkpoint.pt")] = True,
 ) -> None:
-    """Train one candidate on the good training images of a dataset store."""
+    """Train one candidate on the good training images; unset options come from params.yaml
+    (the same model, objective and training settings `sweep` and `retrain` use)."""
     from pydantic import ValidationError
 
+    from granvae.config import SettingsError, load_settings
     from granvae.data import load_dataset
-    from granvae.models import ModelConfig
-    from granvae.objectives import ObjectiveConfig
-    from granvae.train import TrainConfig, train
+    from granvae.train import train
 
+    overrides = _train_overrides(
+        arch=arch, latent_dim=latent_dim, likelihood=likelihood, name=objective, beta=beta,
+        granularity=granularity, estimator=estimator, epochs=epochs, batch_size=batch_size,
+        lr=lr, seed=seed, device=device,
+    )  # fmt: skip
     try:
+        settings = load_settings(params, overrides)
         splits, meta = load_dataset(data)
         channels, size, _ = meta.observation_shape
-        model_cfg = ModelConfig(
-            arch=arch,
-            in_channels=channels,
-            image_size=size,
-            latent_dim=latent_dim,
-            likelihood=likelihood,
+        model_cfg = type(settings.model).model_validate(
+            {**settings.model.model_dump(), "in_channels": channels, "image_size": size}
         )
-        obj = ObjectiveConfig(
-            name=objective, beta=beta, granularity=granularity, estimator=estimator
-        )
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
-        result = train(splits["train"].images, model_cfg, obj, cfg, out, resume=resume)
+        result = train(
+            splits["train"].images, model_cfg, settings.objective, settings.train, out,
+            resume=resume,
+        )  # fmt: skip
     except ValidationError as err:
         _fail("; ".join(f"{_option(e['loc'])}: {e['msg']}" for e in err.errors()))
-    except (ValueError, FileNotFoundError) as err:
+    except (SettingsError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     if result.status != "finished":
         _fail(f"training failed: {result.reason} (status in {out / 'status.json'})")
-    last = result.history[-1]
-    console.print(f"trained on {result.device} in {result.seconds:.1f}s: elbo {last['elbo']:.2f}")
+    last, cfg = result.history[-1], model_cfg
+    console.print(
+        f"trained {settings.objective.name} (g={settings.objective.granularity}, "
+        f"beta={settings.objective.beta:g}, {cfg.likelihood} decoder) on {result.device} in "
+        f"{result.seconds:.1f}s: elbo {last['elbo']:.2f}"
+    )
     console.print(f"model: [bold]{result.model_dir}[/bold]  status: {out / 'status.json'}")
 
 
@@ -144,9 +171,7 @@ def _ints(text: str | None) -> list[int] | None:
 def sweep_cmd(
     data: Annotated[Path, typer.Option(help="dataset store folder")],
     out: Annotated[Path, typer.Option(help="sweep folder (rerun to resume)")],
-    params: Annotated[Path, typer.Option(help="params.yaml with every default")] = Path(
-        "params.yaml"
-    ),
+    params: ParamsOpt = None,
     granularities: Annotated[
         str | None, typer.Option(help="e.g. 1,2,5,10 (default: divisors of D)")
     ] = None,
@@ -172,7 +197,7 @@ def sweep_cmd(
     if epochs:
         overrides["train"] = {"epochs": epochs}
     try:
-        settings = load_settings(params if params.exists() else None, overrides)
+        settings = load_settings(params, overrides)
         rows = run_sweep(settings, data, out)
     except (SettingsError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
@@ -210,9 +235,7 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="bundle folder to write (model.onnx + manifest.json)")],
     candidate: Annotated[str | None, typer.Option(help="default: the policy's winner")] = None,
     int8: Annotated[bool, typer.Option(help="ship int8 if it stays within tolerance")] = False,
-    params: Annotated[Path, typer.Option(help="params.yaml (selection policy)")] = Path(
-        "params.yaml"
-    ),
+    params: ParamsOpt = None,
 ) -> None:
     """Export a candidate to a verified ONNX edge bundle (parity-gated)."""
     from granvae.config import SettingsError, load_settings
@@ -222,7 +245,7 @@ def export_cmd(
 
     try:
         if candidate is None:
-            settings = load_settings(params if params.exists() else None)
+            settings = load_settings(params)
             decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(settings.select))
             if decision.winner is None:
                 _fail(f"no candidate passed the gates: {decision.why}")

@@ -1,7 +1,8 @@
 """`granvae retrain` and `granvae schedule`: the Prefect flow behind the granvae CLI.
 
 granvae never imports prefect at module level (the library must stay usable without an
-orchestrator), so these commands import `pipelines` inside their bodies only.
+orchestrator), so these commands import `pipelines` inside their bodies only. Both take
+the same options; a bad option or params file ends in one error line, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,48 +11,77 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
-PARAMS_HELP = "params.yaml with every default (plus pipeline: and profiles:)"
+PARAMS_HELP = "params.yaml over the embedded defaults (default: ./params.yaml if present)"
 SET_HELP = "override any param, e.g. --set train.epochs=1 (repeatable)"
+console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path | None, typer.Option(help=PARAMS_HELP)]
+ProfileOpt = Annotated[str | None, typer.Option(help="a params.yaml profile: quick | full")]
+LandingOpt = Annotated[
+    Path | None, typer.Option(help="MVTec-style landing folder (default: the generator)")
+]
+RepoOpt = Annotated[
+    Path | None,
+    typer.Option(help="git repo of the DVC-tracked snapshot (default: <work_dir>/data-repo)"),
+]
+DaskOpt = Annotated[
+    str | None, typer.Option(help="tcp://scheduler:8786, or 'local' for a LocalCluster")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from granvae.config import SettingsError
+    from pipelines.flow import RetrainRefused
+    from pipelines.versioning import VersioningError
+
+    return (SettingsError, RetrainRefused, VersioningError, ValueError, FileNotFoundError)
+
+
+def _strs(*paths: Path | None) -> list[str | None]:
+    return [str(p) if p else None for p in paths]
 
 
 def retrain(
-    params: Annotated[Path, typer.Option(help=PARAMS_HELP)] = Path("params.yaml"),
-    profile: Annotated[str | None, typer.Option(help="quick | full")] = None,
-    landing: Annotated[
-        Path | None, typer.Option(help="MVTec-style landing folder (default: the generator)")
-    ] = None,
-    data_repo: Annotated[
-        Path | None, typer.Option(help="git repository for the DVC-tracked snapshot")
-    ] = None,
-    dask_address: Annotated[
-        str | None, typer.Option(help="tcp://scheduler:8786, or 'local' for a LocalCluster")
-    ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    params: ParamsOpt = None,
+    profile: ProfileOpt = None,
+    landing: LandingOpt = None,
+    data_repo: RepoOpt = None,
+    dask_address: DaskOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Ingest, validate, version (DVC), sweep, select, export, register: one flow run."""
     from pipelines.cli import retrain_main
 
-    retrain_main(
-        str(params),
-        profile,
-        str(landing) if landing else None,
-        str(data_repo) if data_repo else None,
-        dask_address,
-        set_,
-    )
+    try:
+        retrain_main(*_strs(params), profile, *_strs(landing, data_repo), dask_address, set_)
+    except _known_errors() as err:
+        _fail(str(err))
 
 
 def schedule(
     cron: Annotated[str, typer.Option(help='cron line, e.g. "0 2 * * *"')] = "0 2 * * *",
-    params: Annotated[Path, typer.Option(help=PARAMS_HELP)] = Path("params.yaml"),
-    profile: Annotated[str | None, typer.Option(help="quick | full")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    params: ParamsOpt = None,
+    profile: ProfileOpt = None,
+    landing: LandingOpt = None,
+    data_repo: RepoOpt = None,
+    dask_address: DaskOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Serve the retrain flow on a cron schedule (embedded Prefect; Ctrl-C stops)."""
     from pipelines.cli import schedule_main
 
-    schedule_main(cron, str(params), profile, set_)
+    try:
+        schedule_main(cron, *_strs(params), profile, *_strs(landing, data_repo), dask_address, set_)
+    except _known_errors() as err:
+        _fail(str(err))
 
 
 def add_commands(app: typer.Typer) -> None:

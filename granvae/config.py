@@ -1,7 +1,10 @@
 """One pydantic tree for every setting, loaded from params.yaml plus overrides.
 
-params.yaml is read by DVC stages and Prefect flows alike, so both run the
-same experiment; functions take only the piece of this tree they need.
+One source of defaults, the same for every command and every folder: the params.yaml
+shipped inside the package (granvae/params.yaml, the project's params.yaml) is the
+embedded default; a params.yaml in the working folder (or the file given with --params)
+overrides it key by key; CLI flags and --set override both. So a command started from
+any folder trains the same model as `make run`, never a built-in fallback that differs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig
 from granvae.train import TrainConfig
 
-DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_PARAMS = Path("params.yaml")  # the working folder's override, when present
+EMBEDDED_PARAMS = Path(__file__).resolve().parent / "params.yaml"
 
 
 class DataConfig(BaseModel):
@@ -86,24 +90,54 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_yaml(source: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise SettingsError(f"{source}: not valid YAML: {err}") from err
+    except OSError as err:
+        raise SettingsError(f"{source}: cannot be read: {err.strerror}") from err
+    if raw is not None and not isinstance(raw, dict):
+        raise SettingsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw or {}
+
+
+def params_source(path: Path | str | None = None) -> Path | None:
+    """The file that overrides the embedded defaults: `path`, else ./params.yaml if any."""
+    if path:
+        source = Path(path)
+        if not source.is_file():
+            raise SettingsError(f"{source}: params file not found")
+        return source
+    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+
+
+def load_tree(path: Path | str | None = None) -> tuple[dict[str, Any], str]:
+    """(embedded params.yaml <- the override file, a label naming the files read)."""
+    tree = _read_yaml(EMBEDDED_PARAMS) if EMBEDDED_PARAMS.is_file() else {}
+    source = params_source(path)
+    if source is None:
+        return tree, f"{EMBEDDED_PARAMS} (embedded defaults)"
+    if source.resolve() == EMBEDDED_PARAMS:
+        return tree, str(source)
+    return merge(tree, _read_yaml(source)), str(source)
+
+
 def load_settings(
     path: Path | str | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Defaults <- params.yaml (if present) <- overrides; errors name the file and the field."""
-    raw: dict[str, Any] = {}
-    source = Path(path) if path else DEFAULT_PARAMS
-    if source.exists():
-        try:
-            raw = yaml.safe_load(source.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise SettingsError(f"{source}: not valid YAML: {err}") from err
-    elif path:
-        raise SettingsError(f"{source}: params file not found")
-    merged = merge(raw, overrides or {})
+    """Embedded defaults <- params.yaml (`path` or ./params.yaml) <- overrides.
+
+    Errors name the file and the field."""
+    tree, label = load_tree(path)
+    return settings_from_tree(merge(tree, overrides or {}), label)
+
+
+def settings_from_tree(tree: dict[str, Any], label: str) -> Settings:
     try:
-        return Settings(**merged)
+        return Settings(**tree)
     except ValidationError as err:
         fields = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
         )
-        raise SettingsError(f"{source}: {fields}") from err
+        raise SettingsError(f"{label}: {fields}") from err

@@ -67,22 +67,36 @@ def retrain_main(
     dask_address: str | None,
     sets: list[str] | None,
 ) -> dict[str, Any]:
+    from pipelines.config import load_run_config
     from pipelines.runtime import prestart
 
+    overrides = build_overrides(landing, data_repo, dask_address, sets)
+    load_run_config(params, profile, overrides)  # a bad option fails before anything starts
     prestart()  # the API boots while torch and granvae import
     from pipelines.flow import run_retrain
 
-    overrides = build_overrides(landing, data_repo, dask_address, sets)
     summary = run_retrain(params, profile, overrides)
     print(describe(summary), flush=True)
     return summary
 
 
-def schedule_main(cron: str, params: str | None, profile: str | None, sets: list[str] | None):
+def schedule_main(
+    cron: str,
+    params: str | None,
+    profile: str | None,
+    landing: str | None = None,
+    data_repo: str | None = None,
+    dask_address: str | None = None,
+    sets: list[str] | None = None,
+) -> None:
+    """Check the config now (a bad option fails here, not at 2 a.m.), then serve."""
+    from pipelines.config import load_run_config
     from pipelines.runtime import prestart
 
+    overrides = build_overrides(landing, data_repo, dask_address, sets)
+    load_run_config(params, profile, overrides)
     prestart()
     from pipelines.schedule import serve
 
     print(f"serving the retrain flow on cron {cron!r} (Ctrl-C stops)", flush=True)
-    serve(cron, params, profile, build_overrides(sets=sets))
+    serve(cron, params, profile, overrides)

@@ -14,18 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from granvae.config import Settings, SettingsError, load_settings, merge
+from granvae.config import Settings, SettingsError, load_tree, merge, settings_from_tree
 
 
 class PipelineConfig(BaseModel):
     """Where the flow keeps data, results and bundles, and how it spreads the sweep."""
 
-    data_repo: str = "."  # git repo holding the DVC-tracked snapshot ("." = this working copy)
+    data_repo: str | None = None  # git repo of the DVC-tracked snapshot; None: <work_dir>/data-repo
     snapshot: str = "data/snapshot"  # dataset store folder inside data_repo, `dvc add`ed
-    remote: str | None = None  # DVC remote URL; None: a local folder beside the data repo
+    remote: str | None = None  # DVC remote URL; None: <data repo>-dvc-remote beside it
     remote_name: str = "storage"
     landing: str | None = None  # MVTec-style landing folder; None: the generator (data.source)
     work_dir: str = "runs/retrain"  # sweeps, bundles, Prefect results
@@ -37,6 +36,10 @@ class PipelineConfig(BaseModel):
     retries: int = Field(3, ge=0)
     retry_delay_s: float = Field(2.0, ge=0)
 
+    def data_repo_path(self) -> Path:
+        """The data repository: configured, else under the work folder, never the code repo."""
+        return Path(self.data_repo) if self.data_repo else Path(self.work_dir) / "data-repo"
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -47,6 +50,11 @@ class RunConfig:
     params_path: str | None
     profile: str | None
 
+    def resolved(self) -> dict[str, Any]:
+        """The whole params tree as this run used it (profile and overrides applied)."""
+        tree = self.settings.model_dump(mode="json")
+        return {**tree, "pipeline": self.pipeline.model_dump(mode="json")}
+
     def digest(self) -> str:
         """A stable hash of the training-relevant settings (the sweep's identity)."""
         keep = self.settings.model_dump(mode="json", exclude={"tracking"})
@@ -54,29 +62,26 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _read_yaml(path: Path | None) -> dict[str, Any]:
-    if path is None or not path.exists():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SettingsError(f"{path}: not valid YAML: {err}") from err
-
-
 def load_run_config(
-    params: str | Path | None = "params.yaml",
+    params: str | Path | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """params.yaml <- profiles[profile] <- overrides; unknown profiles are named."""
-    path = Path(params) if params else None
-    if path is not None and not path.exists() and str(params) != "params.yaml":
-        raise SettingsError(f"{path}: params file not found")
-    raw = _read_yaml(path)
-    profiles = raw.get("profiles") or {}
+    """Embedded params.yaml <- params (or ./params.yaml) <- profiles[profile] <- overrides.
+
+    The same layering as every other granvae command (granvae.config.load_tree); unknown
+    profiles are named with the ones that exist."""
+    tree, label = load_tree(params)
+    profiles = tree.get("profiles") or {}
     if profile and profile not in profiles:
-        raise SettingsError(f"{path}: no profile {profile!r}; known: {sorted(profiles)}")
+        raise SettingsError(f"{label}: no profile {profile!r}; known: {sorted(profiles)}")
     combined = merge(profiles.get(profile, {}) if profile else {}, overrides or {})
-    settings = load_settings(path if path and path.exists() else None, combined)
-    pipeline = PipelineConfig(**merge(raw.get("pipeline") or {}, combined.get("pipeline") or {}))
-    return RunConfig(settings, pipeline, str(path) if path else None, profile)
+    merged = merge(tree, combined)
+    settings = settings_from_tree(merged, label)
+    try:
+        pipeline = PipelineConfig(**(merged.get("pipeline") or {}))
+    except ValidationError as err:
+        fields = "; ".join(f"pipeline.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                           for e in err.errors())  # fmt: skip
+        raise SettingsError(f"{label}: {fields}") from err
+    return RunConfig(settings, pipeline, str(params) if params else None, profile)

@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from granvae.data import DataValidationError
 from granvae.export.from_sweep import headline
 from granvae.sweep import begin_sweep, candidate_grid, candidate_row
+from granvae.tracking.provenance import write_params
 from pipelines import artifacts, tasks
 from pipelines.config import RunConfig, load_run_config
 from pipelines.runners import make_runner, runner_workers, torch_threads
@@ -105,6 +106,7 @@ def _sweep_stage(run: RunConfig, snap: dict[str, str]) -> tuple[str, list[dict[s
         result_storage=_work(run, "prefect-results")  # a Path: a local folder, no saved block
     )
     rows = _run_candidates(run, trainer, snap["snapshot"], sweep_dir, snap["data_version"])
+    write_params(run.resolved(), sweep_dir)  # logged on the parent run and every version
     return str(sweep_dir), rows
 
 
@@ -115,9 +117,7 @@ def _ship_stage(run: RunConfig, snap: dict, sweep_dir: str, decision: Any) -> di
     tasks.export(sweep_dir, decision.winner, bundle_dir, dict(run.settings.export))
     verified = tasks.verify(bundle_dir)
     registrar = tasks.register.with_options(retries=pipe.retries, retry_delay_seconds=_backoff(run))
-    reg = registrar(
-        sweep_dir, decision, bundle_dir, snap["data_version"], snap["git_sha"], tracking
-    )
+    reg = registrar(sweep_dir, decision, bundle_dir, snap["data_version"], tracking)
     promo = None
     if pipe.auto_promote:
         promo = tasks.maybe_promote(
@@ -129,7 +129,7 @@ def _ship_stage(run: RunConfig, snap: dict, sweep_dir: str, decision: Any) -> di
 
 @flow(name="retrain")
 def retrain(
-    params: str | None = "params.yaml",
+    params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def sweep_only(
     data_dir: str,
     sweep_dir: str,
     data_version: str,
-    params: str | None = "params.yaml",
+    params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
@@ -236,7 +236,7 @@ def run_sweep_only(data_dir: str, sweep_dir: str, data_version: str, **config: A
 
 
 def run_retrain(
-    params: str | None = "params.yaml",
+    params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ DEPLOYMENT = "granvae-retrain"
 
 @flow(name="scheduled-retrain")
 def scheduled_retrain(
-    params: str | None = "params.yaml",
+    params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def deployment(
 
 def serve(
     cron: str,
-    params: str | None = "params.yaml",
+    params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> None:

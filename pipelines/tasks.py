@@ -64,7 +64,7 @@ def validate(staging: str) -> dict[str, Any]:
 def version_data(staging: str, cfg: PipelineConfig) -> dict[str, str]:
     """The single DVC writer: dvc add + git commit + dvc push (see versioning.py)."""
     snap = versioning.version_snapshot(
-        Path(staging), Path(cfg.data_repo), cfg.snapshot, cfg.remote, cfg.remote_name
+        Path(staging), cfg.data_repo_path(), cfg.snapshot, cfg.remote, cfg.remote_name
     )
     get_run_logger().info("data version %s (remote %s)", snap.data_version, snap.remote)
     return snap.to_dict()
@@ -166,7 +166,7 @@ def verify(bundle_dir: str) -> str:
 
 @task(name="register", cache_policy=NO_CACHE, retry_condition_fn=_transient)
 def register(
-    sweep_dir: str, decision: Any, bundle_dir: str, data_version: str, git_sha: str, tracking: dict
+    sweep_dir: str, decision: Any, bundle_dir: str, data_version: str, tracking: dict
 ) -> dict[str, Any]:
     """granvae.tracking.register_winner (it logs the sweep first); idempotent per sweep id."""
     from granvae.tracking import Store, TrackingSettings, list_versions, register_winner
@@ -178,8 +178,7 @@ def register(
         decision,
         cfg.model_name,
         bundle_dir=bundle_dir,
-        data_version=data_version,
-        git_commit=git_sha,
+        data_version=data_version,  # "<data repo sha>:<md5>"; git_commit is the code's
         store=store,
         experiment=cfg.experiment,
     )

@@ -53,9 +53,10 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     """Run git/dvc in `cwd`; failures raise VersioningError naming the command."""
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
+        detail = " | ".join(t.strip() for t in (proc.stderr, proc.stdout) if t and t.strip())
         raise VersioningError(
             f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()[-1500:]}"
+            f"{detail[-1500:] or 'no output'}"
         )
     return proc
 
@@ -96,7 +97,7 @@ def ensure_repo(repo: Path, remote: str | None, remote_name: str = "storage") ->
     if not (repo / ".git").exists():
         run(["git", "init", "-q"], repo)
     if not (repo / ".dvc").is_dir():
-        run(["dvc", "init", "-q"], repo)
+        run(["dvc", "init"], repo)
     url = remote or str(default_remote(repo))
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
@@ -153,11 +154,11 @@ def version_snapshot(
     url = ensure_repo(repo, remote, remote_name)
     target = repo / snapshot
     replace_folder(staging, target)
-    run(["dvc", "add", "-q", snapshot], repo)
+    run(["dvc", "add", snapshot], repo)  # not -q: a refusal's reason is in its output
     dvc_file = f"{snapshot}.dvc"
     gitignore = str(Path(snapshot).parent / ".gitignore")
     md5 = tracked_md5(repo, snapshot)  # the working copy, before it is committed
     _commit(repo, [dvc_file, gitignore], f"data: snapshot {md5}")
-    run(["dvc", "push", "-q", "-r", remote_name, dvc_file], repo)
+    run(["dvc", "push", "-r", remote_name, dvc_file], repo)
     sha = last_commit(repo, dvc_file)
     return SnapshotVersion(f"{sha}:{md5}", sha, md5, str(target), str(repo), url)
