@@ -51,6 +51,7 @@ def describe(summary: dict[str, Any]) -> str:
         f"metrics: {metrics}",
         f"data version: {summary['data_version']}",
         f"bundle: {summary['bundle']}  [{summary['verify']}]",
+        f"report: {summary.get('report') or '-'}",
         f"registered version: {summary['links']['version']}",
         f"MLflow UI: {summary['ui']}",
     ]

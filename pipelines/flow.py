@@ -51,7 +51,7 @@ def _data_stage(run: RunConfig) -> dict[str, str]:
     versioner = tasks.version_data.with_options(
         retries=run.pipeline.retries, retry_delay_seconds=_backoff(run)
     )
-    return versioner(staging, run.pipeline)
+    return versioner(staging, run.pipeline, run.resolved())
 
 
 def _backoff(run: RunConfig) -> list[float]:
@@ -148,10 +148,12 @@ def retrain(
     artifacts.publish_leaderboard(artifacts.leaderboard(rows, decision.rows), decision.why)
     if decision.winner is None:
         raise RetrainRefused(f"no candidate passed the gates, nothing registered: {decision.why}")
-    tasks.report(sweep_dir)
+    report_path = tasks.report(sweep_dir)
+    tasks.dvc_metrics(sweep_dir, run.pipeline)
     shipped = _ship_stage(run, snap, sweep_dir, decision)
     clock["ship"] = time.perf_counter()
     summary = _summary(run, snap, sweep_dir, rows, decision, shipped, clock)
+    summary["report"] = report_path
     artifacts.publish_summary(summary)
     log.info("retrain done: %s version %s", summary["model_name"], summary["version"])
     return summary

@@ -38,7 +38,7 @@ def data_version(snapshot: str) -> str:
     return f"{sha}:{md5}"
 
 
-def prepare(params: str) -> None:
+def prepare(params: str | None) -> None:
     """Verify every shard of the snapshot before anything trains on it."""
     from granvae.data import check_dataset
 
@@ -50,7 +50,7 @@ def prepare(params: str) -> None:
     PREPARED.write_text(json.dumps(record, indent=2, default=str))
 
 
-def sweep(params: str) -> None:
+def sweep(params: str | None) -> None:
     from granvae.sweep import run_sweep
 
     run = load_run_config(params)
@@ -58,24 +58,31 @@ def sweep(params: str) -> None:
     run_sweep(run.settings, run.pipeline.snapshot, SWEEP, progress=False, data_version_id=version)
 
 
-def evaluate(params: str) -> None:
-    """Collect the sweep's per-candidate numbers into metrics.json + a plot table."""
+def collect_metrics(sweep_dir: Path, metrics: Path, leaderboard: Path) -> None:
+    """A sweep's per-candidate numbers as metrics.json + a plot table (what `dvc metrics
+    show` / `dvc plots show` read); the retrain flow writes the same files into the data
+    repository, so both show the last retrain."""
     import pandas as pd
 
     from granvae.select import load_rows
 
-    rows = load_rows(SWEEP)
+    rows = load_rows(sweep_dir)
     done = [r for r in rows if r.get("status") == "finished"]
-    metrics: dict[str, Any] = {"n_candidates": len(rows), "n_finished": len(done)}
-    metrics["candidates"] = {
+    out: dict[str, Any] = {"n_candidates": len(rows), "n_finished": len(done)}
+    out["candidates"] = {
         r["candidate_id"]: {k: r.get(k) for k in METRIC_KEYS if r.get(k) is not None} for r in done
     }
-    METRICS.write_text(json.dumps(metrics, indent=2))
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(out, indent=2))
     cols = ["candidate_id", "granularity", "beta", "latent_dim", "seed", *METRIC_KEYS]
-    pd.DataFrame(done).reindex(columns=cols).to_csv(LEADERBOARD, index=False)
+    pd.DataFrame(done).reindex(columns=cols).to_csv(leaderboard, index=False)
 
 
-def select(params: str) -> None:
+def evaluate(params: str | None) -> None:
+    collect_metrics(SWEEP, METRICS, LEADERBOARD)
+
+
+def select(params: str | None) -> None:
     from granvae.select import SelectionPolicy, load_rows, write_decision
     from granvae.select import select as choose
 
@@ -90,7 +97,7 @@ def select(params: str) -> None:
         sys.exit(f"no candidate passed the gates: {decision.why}")
 
 
-def export(params: str) -> None:
+def export(params: str | None) -> None:
     from pipelines.bundle import export_winner, verify_bundle
 
     run = load_run_config(params)
@@ -111,7 +118,7 @@ STAGES = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.stages")
     parser.add_argument("stage", choices=sorted(STAGES))
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default=None, help="default: ./params.yaml")
     args = parser.parse_args(argv)
     STAGES[args.stage](args.params)
     return 0

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -22,6 +23,8 @@ from granvae.data import check_dataset, generate, load_mvtec, write_dataset
 from granvae.sweep import Candidate, finish_sweep, run_candidate
 from pipelines import bundle, versioning
 from pipelines.config import PipelineConfig
+
+DVC_YAML = Path(__file__).resolve().parent / "dvc.yaml"  # a link to the project's dvc.yaml
 
 TRANSIENT = (ConnectionError, TimeoutError, versioning.VersioningError)
 
@@ -61,13 +64,30 @@ def validate(staging: str) -> dict[str, Any]:
 
 
 @task(name="version-data", cache_policy=NO_CACHE, retry_condition_fn=_transient)
-def version_data(staging: str, cfg: PipelineConfig) -> dict[str, str]:
-    """The single DVC writer: dvc add + git commit + dvc push (see versioning.py)."""
+def version_data(staging: str, cfg: PipelineConfig, resolved: dict[str, Any]) -> dict[str, str]:
+    """The single DVC/git writer: dvc add + git commit + dvc push (see versioning.py), then
+    dvc.yaml + this retrain's resolved params.yaml into the data repository."""
+    repo = cfg.data_repo_path()
     snap = versioning.version_snapshot(
-        Path(staging), cfg.data_repo_path(), cfg.snapshot, cfg.remote, cfg.remote_name
+        Path(staging), repo, cfg.snapshot, cfg.remote, cfg.remote_name
     )
+    files = {"params.yaml": yaml.safe_dump(resolved, sort_keys=False)}
+    if DVC_YAML.is_file():
+        files["dvc.yaml"] = DVC_YAML.read_text()
+    versioning.commit_pipeline(repo, files, f"pipeline: params of the retrain on {snap.md5}")
     get_run_logger().info("data version %s (remote %s)", snap.data_version, snap.remote)
     return snap.to_dict()
+
+
+@task(name="dvc-metrics", cache_policy=NO_CACHE)
+def dvc_metrics(sweep_dir: str, cfg: PipelineConfig) -> str:
+    """runs/dvc/metrics.json + leaderboard.csv in the data repository: `dvc metrics show`
+    and `dvc plots show` there list the last retrain."""
+    from pipelines.stages import LEADERBOARD, METRICS, collect_metrics
+
+    repo = cfg.data_repo_path().resolve()
+    collect_metrics(Path(sweep_dir), repo / METRICS, repo / LEADERBOARD)
+    return str(repo / METRICS)
 
 
 def candidate_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

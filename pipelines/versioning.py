@@ -162,3 +162,28 @@ def version_snapshot(
     run(["dvc", "push", "-r", remote_name, dvc_file], repo)
     sha = last_commit(repo, dvc_file)
     return SnapshotVersion(f"{sha}:{md5}", sha, md5, str(target), str(repo), url)
+
+
+MARKER = "# written by granvae retrain"
+
+
+def _ours(path: Path) -> bool:
+    """Missing, or written by an earlier retrain: a user's own file is never replaced."""
+    return not path.exists() or path.read_text().startswith(MARKER)
+
+
+def commit_pipeline(repo: Path, files: dict[str, str], message: str) -> list[str]:
+    """Write dvc.yaml / params.yaml (the resolved params of this retrain) into the data
+    repository and commit exactly them, so `dvc repro` there rebuilds the same grid.
+    Returns the files written; a file the user keeps there is left alone."""
+    repo = repo.resolve()
+    written = []
+    for name, text in files.items():
+        target = repo / name
+        if _ours(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f"{MARKER}; `dvc repro` here rebuilds it\n{text}")
+            written.append(name)
+    if written:
+        _commit(repo, written, message)
+    return written
