@@ -122,6 +122,44 @@ def test_second_retrain_new_data_new_challenger_same_champion(world, second) -> 
     assert len(log) == 2 and all(line.startswith("data: snapshot") for line in log)
 
 
+def test_second_challenger_is_compared_with_the_champion_on_its_own_images(
+    world, second
+) -> None:
+    """Both registered ONNX bundles scored on v2's evaluation images, with the rule the
+    evaluation used: v2's own figure there is the one it was registered with."""
+    from granvae.tracking import Store, TrackingSettings
+    from granvae.tracking.compare import compare
+
+    cfg = TrackingSettings(**world.params["tracking"])
+    store = Store(cfg)
+    v1, v2 = (store.client.get_model_version(cfg.model_name, str(v)) for v in (1, 2))
+    result = compare(store, v2, v1)
+    assert result.data_version == second["data_version"] != v1.tags["data_version"]
+    assert result.n_good > 0 and result.n_defect > 0
+    assert (result.challenger.version, result.champion.version) == (2, 1)
+    registered = second["metrics"]["recall_at_far"]
+    assert result.challenger.recall_at_far == pytest.approx(registered, abs=1.5 / result.n_defect)
+    assert result.low <= result.difference <= result.high
+
+
+def test_versions_record_code_and_resolved_params(world) -> None:
+    import yaml
+    from mlflow import MlflowClient
+
+    from granvae.tracking.provenance import code_tags
+
+    listed = versions(world.params)[-1]
+    assert listed["git_commit"] == code_tags()["granvae.code_commit"]
+    assert listed["code_dirty"] in ("true", "false")
+    client = MlflowClient(world.params["tracking"]["uri"])
+    path = client.download_artifacts(
+        listed["run_id"], "provenance/params.resolved.yaml", str(world.root / "prov")
+    )
+    resolved = yaml.safe_load(Path(path).read_text())
+    assert resolved["sweep"]["granularities"] == world.params["sweep"]["granularities"]
+    assert resolved["pipeline"]["work_dir"] == world.params["pipeline"]["work_dir"]
+
+
 def test_dask_local_cluster_gives_the_same_leaderboard(world, second) -> None:
     local = json.loads((Path(second["sweep_dir"]) / "results.json").read_text())
     snapshot = str(world.project / "data" / "snapshot")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import free_port
@@ -167,10 +170,10 @@ def _get_json(url: str) -> dict:
         return json.loads(resp.read())
 
 
-def _serve(cmd: list[str], url: str) -> subprocess.Popen:
+def _serve(cmd: list[str], url: str, cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env)  # fmt: skip
+                            start_new_session=True, env=env, cwd=cwd)  # fmt: skip
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -197,15 +200,27 @@ def test_embedded_store_needs_no_server_and_the_ui_serves_it(tmp_path, monkeypat
         ui_command(project, host="0.0.0.0")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _serve(ui_command(project, port=port), url)
+    granvae = str(Path(sys.executable).parent / "granvae")
+    proc = _serve([granvae, "ui", "--port", str(port)], url, cwd=project)
     try:
         api = (
             f"{url}/api/2.0/mlflow/registered-models/alias?name=granvae-inspector&alias=challenger"
         )
         assert _get_json(api)["model_version"]["version"] == str(version)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # `granvae ui` alone, not its group: it must clean up
         proc.wait(timeout=30)
+    assert _port_closed(port), "the MLflow server outlived `granvae ui`"
+
+
+def _port_closed(port: int, wait_s: float = 20) -> bool:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        time.sleep(0.3)
+    return False
 
 
 def test_a_real_short_sweep_is_tracked(mlflow_server, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,39 @@ def ui_command(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 5
     ]
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's whole process group (it forks a uvicorn worker), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
 def serve_ui(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Run the UI in the foreground until Ctrl-C; returns the server's exit code."""
+    """Run the UI until Ctrl-C or SIGTERM; the MLflow server stops with it, never orphaned.
+
+    The server runs in its own process group so that stopping `granvae ui` by any signal
+    (not only a terminal's Ctrl-C, which reaches the whole foreground group) takes it down.
+    """
     cmd = ui_command(workdir, host, port)
     embedded_artifacts(workdir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: unused
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def _interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return subprocess.call(cmd, env=env)
+        return proc.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(proc)
