@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from edge_fixtures import make_bundle, sha256_file
+from edge_fixtures import DEPLOY, make_bundle, sha256_file
 from sweep_fixtures import fast_store, make_sweep, unique
 
 from granvae.select import load_rows, select, write_decision
@@ -58,7 +58,8 @@ def test_pull_over_http_from_a_process_denied_the_store(mlflow_server_process, t
         'exec "$PY" -m granvae_edge pull --model-uri "$URI" --out "$OUT" --tracking-uri "$TRACK"'
     )
     env = {**os.environ, "STORE": str(server.root), "PY": sys.executable, "OUT": str(out),
-           "URI": f"models:/{name}@challenger", "TRACK": server.uri}  # fmt: skip
+           "URI": f"models:/{name}@challenger", "TRACK": server.uri,
+           "PYTHONPATH": str(DEPLOY)}  # the edge runtime from source, as the edge tests use it
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
