@@ -178,6 +178,42 @@ def bench_dataset(name: str, args, settings, out: Path) -> list[dict]:
     return rows
 
 
+def budget_curve(args, settings, out: Path, checkpoints=(2, 5, 10, 20, 40)) -> list[dict]:
+    """Recall of the default rule vs training minutes on surfaces (seed 0): how much CPU a
+    user must spend for what quality. Evaluated from the checkpoint each epoch leaves."""
+    import torch
+
+    splits, _ = load("surfaces", args)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    run_dir = out / "budget"
+    cfg = settings.train.model_copy(
+        update={"epochs": max(checkpoints), "early_stop_patience": None}
+    )
+    model_cfg = settings.model.model_copy(update={"image_size": 64, "in_channels": 1})
+
+    def on_epoch(epoch: int, _terms: dict) -> None:
+        if epoch not in checkpoints:
+            return
+        minutes = (time.perf_counter() - t0) / 60
+        model = FactorizedVAE(model_cfg)
+        model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"])
+        groups = make_groups(model_cfg.latent_dim, settings.objective.granularity)
+        head = InspectionHead(model.eval(), groups, "neg_elbo")
+        fit_head(head, splits["train"].images)
+        rule = settings.evaluation.score
+        val = score_all_rules(head, splits["val"].images)[rule]
+        test = score_all_rules(head, splits["test"].images)[rule]
+        r = recall_with_interval(Scored([val], [test], None), splits["test"].labels,
+                                 np.random.default_rng(0))  # fmt: skip
+        rows.append({"epoch": epoch, "train_minutes": minutes, **r})
+        console.log(f"budget: epoch {epoch} {minutes:.2f} min recall {r['recall']:.3f}")
+
+    train(splits["train"].images, model_cfg, settings.objective, cfg, run_dir, resume=False,
+          progress=False, on_epoch=on_epoch)  # fmt: skip
+    return rows
+
+
 def render(rows: list[dict], default_rule: str) -> str:
     head = ("| data | method | image AUROC | recall @1% FA [95% CI] | seed range | obs. FA | "
             "pixel AUROC | AUPRO | train s | ms/img |")  # fmt: skip
@@ -216,6 +252,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=256)
     ap.add_argument("--set", action="append", default=[], help="params override key=value")
     ap.add_argument("--out", default="runs/bench-inspection")
+    ap.add_argument("--budget", action="store_true", help="also: recall vs training minutes")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     settings = load_settings(ROOT / "params.yaml", parse_sets(args.set))
@@ -227,6 +264,14 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(rows, indent=2))
     show(rows)
     md = render(rows, settings.evaluation.score)
+    if args.budget:
+        curve = budget_curve(args, settings, out)
+        (out / "budget.json").write_text(json.dumps(curve, indent=2))
+        md += "\n\n| epochs | train minutes | recall @1% FA [95% CI] | image AUROC |"
+        md += "\n|---|---|---|---|"
+        for r in curve:
+            md += (f"\n| {r['epoch']} | {r['train_minutes']:.2f} | {r['recall']:.3f} "
+                   f"[{r['recall_lo']:.3f}, {r['recall_hi']:.3f}] | {r['image_auroc']:.3f} |")
     (out / "table.md").write_text(md + "\n")
     print(md)
     print(f"\nsettings: model={settings.model.model_dump()} train={settings.train.model_dump()} "

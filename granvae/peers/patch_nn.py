@@ -20,7 +20,7 @@ def extract_patches(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     return F.unfold(x, size, stride=stride).transpose(1, 2)
 
 
-def greedy_coreset(features: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 32):
+def greedy_coreset(features: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 16):
     """Indices of k points chosen by greedy k-centre (each new point the farthest from the
     chosen ones), on a random projection as in PatchCore, which keeps it cheap."""
     n = len(features)
@@ -30,24 +30,43 @@ def greedy_coreset(features: torch.Tensor, k: int, seed: int = 0, proj_dim: int 
     if features.shape[1] > proj_dim:
         proj = torch.randn(features.shape[1], proj_dim, generator=gen) / proj_dim**0.5
         features = features @ proj
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny mat-vecs: thread hand-offs cost more than maths
+    try:
+        return _greedy(features, k, gen)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _greedy(features: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    n = len(features)
+    sq = features.pow(2).sum(1)
     chosen = [int(torch.randint(n, (1,), generator=gen))]
-    dist = torch.cdist(features, features[chosen]).squeeze(1)
+    dist = sq - 2 * features @ features[chosen[0]] + sq[chosen[0]]
     for _ in range(k - 1):
         nxt = int(torch.argmax(dist))
         chosen.append(nxt)
-        dist = torch.minimum(dist, torch.cdist(features, features[nxt : nxt + 1]).squeeze(1))
+        torch.minimum(dist, sq - 2 * features @ features[nxt] + sq[nxt], out=dist)
     return torch.tensor(chosen)
 
 
 class PatchNearestNeighbour:
     name = "patch_nn"
 
-    def __init__(self, size: int = 8, stride: int = 4, bank: int = 8192, seed: int = 0) -> None:
+    def __init__(
+        self, size: int = 8, stride: int = 4, bank: int = 4096, pool: int = 65536, seed: int = 0
+    ) -> None:
         self.size, self.stride, self.bank_size, self.seed = size, stride, bank, seed
+        self.pool = pool
 
     def fit(self, images: np.ndarray) -> None:
+        """Bank = greedy coreset of at most ``pool`` randomly drawn training patches (the
+        full greedy pass over every patch costs minutes on a 2-core CPU for little gain)."""
         x = torch.from_numpy(unit(images))
         feats = extract_patches(x, self.size, self.stride).reshape(-1, self.size**2 * x.shape[1])
+        gen = torch.Generator().manual_seed(self.seed)
+        if len(feats) > self.pool:
+            feats = feats[torch.randperm(len(feats), generator=gen)[: self.pool]]
         idx = greedy_coreset(feats, self.bank_size, self.seed)
         self.bank = feats[idx].contiguous()
 
