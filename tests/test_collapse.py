@@ -8,6 +8,8 @@ from granvae.evaluate import collapse_diagnostics
 from granvae.models import FactorizedVAE, ModelConfig
 from granvae.select import SelectionPolicy, select
 
+CONFIG = ModelConfig(image_size=32, latent_dim=6, hidden=32, likelihood="gaussian")
+
 
 def _images() -> np.ndarray:
     splits, _ = generate("surfaces", 64, 4, 4, seed=0, image_size=32)
@@ -16,7 +18,7 @@ def _images() -> np.ndarray:
 
 def _collapsed() -> FactorizedVAE:
     """Posterior = prior for every image: the mean head outputs zeros whatever x is."""
-    model = FactorizedVAE(ModelConfig(image_size=32, latent_dim=6, hidden=32, likelihood="gaussian"))
+    model = FactorizedVAE(CONFIG)
     last = model.encoder[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -40,7 +42,7 @@ class BrightnessCode(FactorizedVAE):
 
 
 def test_a_model_whose_codes_carry_the_image_is_not_flagged():
-    model = BrightnessCode(ModelConfig(image_size=32, latent_dim=6, hidden=32, likelihood="gaussian"))
+    model = BrightnessCode(CONFIG)
     diag = collapse_diagnostics(model.eval(), _images())
     assert diag["active_units"] == 1 and diag["collapsed"] == 0.0
     assert diag["kl_per_image"] > 0
