@@ -110,7 +110,11 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {load} when the benchmark ended (the machine is shared)"
+    )
     print(f"granvae-edge serve, {machine}, {args.seconds:g} s per phase, {len(body)} B PNG body")
     print("| clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
