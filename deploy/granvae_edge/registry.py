@@ -130,21 +130,22 @@ class RestClient:
         url = self.url(path)
         digest = hashlib.sha256()
         got = 0
-        with self._open(url) as resp, open(dest, "wb") as fh:
+        with self._open(url) as resp:
             expected = _content_length(resp, url)
             if expected is not None and expected > budget.left:
                 raise PullError(
                     f"{url}: {expected} bytes would exceed the {budget.limit}-byte limit "
                     "(--max-bytes)"
                 )
-            while chunk := _read_chunk(resp, url, got):
-                budget.take(len(chunk), url)
-                digest.update(chunk)
-                try:
-                    fh.write(chunk)
-                except OSError as exc:  # disk full, quota: say so, not "truncated"
-                    raise PullError(f"cannot write {dest}: {exc.strerror or exc}") from None
-                got += len(chunk)
+            try:
+                with open(dest, "wb") as fh:
+                    while chunk := _read_chunk(resp, url, got):
+                        budget.take(len(chunk), url)
+                        digest.update(chunk)
+                        fh.write(chunk)
+                        got += len(chunk)
+            except OSError as exc:  # disk full, quota (on write or on the final flush)
+                raise PullError(f"cannot write {dest}: {exc.strerror or exc}") from None
         if expected is not None and got != expected:
             raise PullError(f"{url}: download truncated: got {got} of {expected} bytes")
         return digest.hexdigest()
