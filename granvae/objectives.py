@@ -88,27 +88,35 @@ def group_matrix(groups: list[list[int]], latent_dim: int, like: torch.Tensor) -
 
 
 def log_importance_weights(batch: int, dataset_size: int, estimator: str, like: torch.Tensor):
-    """(B, B) log weights w_ij of sample j when estimating q(z_i).
+    """(B, B) log weights w_ij of sample j when estimating q(z_i); every row sums to one.
 
     mws: minibatch weighted sampling, 1 / B everywhere. Chen et al. write
     1 / (N B); that extra 1/N is a constant that leaves every gradient alone but
     shifts each log q(z_S) by -log N, so the *reported* TC would be off by
-    (D - 1) log N nats. Weights that sum to one make the estimate consistent:
-    it converges to the true TC as B grows (tests/test_objectives.py).
-    mss: minibatch stratified sampling (Chen et al. 2018, appendix C.2), as in
-    their reference code: 1/N on the diagonal, (N - M) / (N M) just below it,
-    1/M elsewhere, M = B - 1 (rows sum to one).
+    (D - 1) log N nats. Weights that sum to one make the estimate exact when the
+    batch is the whole data set (B = N) and consistent as B grows.
+    mss: minibatch stratified sampling (Chen et al. 2018, appendix C.2): sample
+    i's own posterior gets 1/N (the diagonal), one other sample (i - 1, the
+    last one for row 0) stands for the N - B data points outside the batch and
+    gets (N - M) / (N M), the rest get 1/M, M = B - 1. Then E[q_hat(z_i)] =
+    q(z_i) exactly when the batch is a uniform draw from the data set
+    (tests/test_estimators_exact.py). The reference code wrote the diagonal as
+    `view(-1)[::M + 1]`, a stride of B, which fills column 0 instead; that
+    estimator is almost MWS and does not sum to one per row.
     """
     if batch < 2:
         raise ValueError("the aggregate-posterior estimators need a batch of at least 2")
     if estimator == "mws":
         return torch.full((batch, batch), -math.log(batch), dtype=like.dtype, device=like.device)
+    if estimator != "mss":
+        raise ValueError(f"estimator must be 'mws' or 'mss', got {estimator!r}")
     n, m = dataset_size, batch - 1
+    if n < batch:
+        raise ValueError(f"mss needs dataset_size >= batch, got {n} < {batch}")
     w = torch.full((batch, batch), 1.0 / m, dtype=like.dtype, device=like.device)
-    flat = w.view(-1)
-    flat[:: m + 1] = 1.0 / n
-    flat[1 :: m + 1] = (n - m) / (n * m)
-    w[m - 1, 0] = (n - m) / (n * m)
+    rows = torch.arange(batch, device=like.device)
+    w[rows, rows] = 1.0 / n
+    w[rows, (rows - 1) % batch] = (n - m) / (n * m)
     return w.log()
 
 
