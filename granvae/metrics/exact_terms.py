@@ -107,14 +107,16 @@ def draw_estimates(
     estimator: str,
     n_batches: int,
     seed: int = 0,
+    exact: dict[str, np.ndarray] | None = None,
 ) -> EstimatorDraws:
     """Run the torch estimator on `n_batches` uniform random batches (without replacement).
 
     Uniform batches are what the MSS weights assume: then E[q_hat(z_i)] =
     q(z_i) for MSS, and (q(z_i|x_i) + (B - 1) qbar_-i) / B for MWS, where
-    qbar_-i is the mean of the other N - 1 posteriors at z_i.
+    qbar_-i is the mean of the other N - 1 posteriors at z_i. `exact` is
+    exact_log_densities(s, groups), computed here when not given.
     """
-    exact = exact_log_densities(s, groups)
+    exact = exact if exact is not None else exact_log_densities(s, groups)
     rng = np.random.default_rng(seed)
     t = {k: torch.from_numpy(v) for k, v in (("z", s.z), ("mu", s.mu), ("lv", s.logvar))}
     terms: dict[str, list[float]] = {k: [] for k in TERMS}
