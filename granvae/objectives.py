@@ -150,6 +150,45 @@ def aggregate_log_densities(
     }
 
 
+def exact_log_densities(
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    groups: list[list[int]],
+    chunk: int = 256,
+) -> dict[str, torch.Tensor]:
+    """aggregate_log_densities' keys with q(z_S) summed over ALL N posteriors, not a batch.
+
+    For a held-out set of a few thousand images this is affordable (O(N^2 D),
+    `chunk` rows at a time, so memory is chunk x N x D) and it removes the
+    estimators' bias and their dependence on the batch size (docs/estimators.md).
+    """
+    n, d = z.shape
+    gm = group_matrix(groups, d, z)
+    log_n = math.log(n)
+    parts: dict[str, list[torch.Tensor]] = {"log_qz": [], "log_qz_groups": [], "log_qz_dims": []}
+    for start in range(0, n, chunk):
+        zc = z[start : start + chunk]
+        mat = log_normal(zc.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))  # (c, N, D)
+        parts["log_qz"].append(torch.logsumexp(mat.sum(2), dim=1) - log_n)
+        parts["log_qz_groups"].append((torch.logsumexp(mat @ gm, dim=1) - log_n).sum(1))
+        parts["log_qz_dims"].append((torch.logsumexp(mat, dim=1) - log_n).sum(1))
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    out["log_qz_x"] = log_normal(z, mu, logvar).sum(1)
+    out["log_pz"] = log_standard_normal(z).sum(1)
+    return out
+
+
+def decomposition_from_densities(dens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mi, tc, tc_between, group_kl (batch means) from per-sample log densities."""
+    return {
+        "mi": (dens["log_qz_x"] - dens["log_qz"]).mean(),
+        "tc": (dens["log_qz"] - dens["log_qz_dims"]).mean(),
+        "tc_between": (dens["log_qz"] - dens["log_qz_groups"]).mean(),
+        "group_kl": (dens["log_qz_groups"] - dens["log_pz"]).mean(),
+    }
+
+
 def compute_terms(
     x: torch.Tensor,
     out: VAEOutput,
@@ -165,10 +204,8 @@ def compute_terms(
     groups = make_groups(model_cfg.latent_dim, g)
     z, mu, logvar = out.z.float(), out.mu.float(), out.logvar.float()  # bf16 is too coarse here
     dens = aggregate_log_densities(z, mu, logvar, groups, dataset_size, cfg.estimator)
-    mi = (dens["log_qz_x"] - dens["log_qz"]).mean()
-    tc = (dens["log_qz"] - dens["log_qz_dims"]).mean()
-    tc_between = (dens["log_qz"] - dens["log_qz_groups"]).mean()
-    group_kl = (dens["log_qz_groups"] - dens["log_pz"]).mean()
+    terms = decomposition_from_densities(dens)
+    mi, tc, tc_between, group_kl = (terms[k] for k in ("mi", "tc", "tc_between", "group_kl"))
     elbo = -(recon + kl)
     if alpha == beta == gamma:
         # One weight on the whole KL: use the analytic KL, exact and noise-free.

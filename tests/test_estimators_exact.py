@@ -134,6 +134,17 @@ def test_mws_over_the_whole_set_is_exact_for_every_term() -> None:
         np.testing.assert_allclose(terms[term], exact[term], rtol=0, atol=1e-9, err_msg=term)
 
 
+def test_exact_log_densities_sum_over_every_posterior() -> None:
+    """objectives.exact_log_densities (held-out evaluation's default) in chunks = numpy/scipy."""
+    t = [torch.from_numpy(a) for a in (SET.z, SET.mu, SET.logvar)]
+    dens = objectives.exact_log_densities(*t, GROUPS, chunk=100)
+    exact = exact_log_densities(SET, GROUPS)
+    for key, value in exact.items():
+        np.testing.assert_allclose(dens[key].numpy(), value, rtol=0, atol=1e-9, err_msg=key)
+    terms = objectives.decomposition_from_densities(dens)
+    assert {k: float(v) for k, v in terms.items()} == pytest.approx(exact_terms(SET, GROUPS))
+
+
 @pytest.mark.parametrize("batch", BATCHES)
 def test_mss_is_closer_to_the_exact_terms_than_mws(batch: int) -> None:
     mws, mss = term_stats("mws", batch), term_stats("mss", batch)
