@@ -7,10 +7,11 @@ made, so they test whether a model learns a texture or averages it away.
 How a data set is cut, so that no test pixel was ever seen in training, yet train and test
 see the same parts of the photograph (its lighting drifts from top to bottom, and a test
 set cut from one end would flag good crops for the drift, not for defects):
-- the photograph is cut into horizontal bands of 128 rows; bands 0 and 2 feed train and
-  val crops, bands 1 and 3 feed test crops;
+- the photograph is cut into 8 horizontal bands of 64 rows, dealt in turn to train, val
+  and test (train 0, 3, 6; val 1, 4, 7; test 2, 5), so each split spans the photograph;
 - crops are ``image_size`` squares at uniform random positions inside a random band of
-  their kind.
+  their split. Val shares no pixel with train either: a memory-bank method would
+  otherwise find its val crops in its own bank and calibrate a threshold far too low.
 
 Defects (documented in docs/inspection.md), each with a pixel mask:
 - ``foreign``: an elliptical patch of *another* texture pasted in (foreign material);
@@ -32,9 +33,10 @@ from granvae.data.generate import SEVERITY_RANGE, defect_counts
 
 TEXTURES = ("brick", "grass", "gravel")
 CLASS_NAMES = (GOOD, "foreign", "scratch", "smudge")
-BAND = 128
-TRAIN_BANDS = (0, 2)
-TEST_BANDS = (1, 3)
+BAND = 64
+TRAIN_BANDS = (0, 3, 6)
+VAL_BANDS = (1, 4, 7)
+TEST_BANDS = (2, 5)
 FOREIGN_SOURCE = {"brick": "gravel", "grass": "brick", "gravel": "grass"}
 MASK_MIN_DELTA = 6.0  # gray levels; below that a changed pixel is not called defective
 
@@ -70,7 +72,7 @@ def _ellipse(size: int, severity: float, rng, radius: tuple[float, float]) -> np
 
 def _foreign(crop: np.ndarray, severity: float, rng, other: np.ndarray) -> np.ndarray:
     weight = _ellipse(crop.shape[0], severity, rng, (3.0, 9.0))
-    patch = _crops(other, (0, 1, 2, 3), 1, crop.shape[0], rng)[0].astype(np.float64)
+    patch = _crops(other, tuple(range(8)), 1, crop.shape[0], rng)[0].astype(np.float64)
     return weight * patch + (1.0 - weight) * crop
 
 
@@ -131,7 +133,7 @@ def make_texture(
     )
     names = [f"{name}:{seed}:{i}" for i in range(n_train + n_val + n_test)]
     train = _crops(photo, TRAIN_BANDS, n_train, image_size, train_rng)
-    val = _crops(photo, TRAIN_BANDS, n_val, image_size, val_rng)
+    val = _crops(photo, VAL_BANDS, n_val, image_size, val_rng)
     test = _crops(photo, TEST_BANDS, n_test, image_size, test_rng)
     n_def = int(round(n_test * defect_fraction))
     labels = np.concatenate(
