@@ -129,14 +129,21 @@ def _score_onnx(folder: Path, images: np.ndarray) -> np.ndarray:
 
 
 def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarray:
+    """The checkpoint through the head it was evaluated with (rule + fitted statistics)."""
     from granvae.models import FactorizedVAE
     from granvae.objectives import make_groups
-    from granvae.scoring import InspectionHead, score_images
+    from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig, score_images
+    from granvae.scoring.stats import STATS_FILE
 
     model = FactorizedVAE.load(folder).eval()
     granularity = int(float(mv.tags.get("granularity") or 1))
     groups = make_groups(model.config.latent_dim, granularity)
-    head = InspectionHead(model, groups, score=mv.tags.get(SCORE_TAG) or "neg_elbo")
+    saved = ScoringConfig.load(folder) or ScoringConfig(rule=mv.tags.get(SCORE_TAG) or "neg_elbo")
+    stats = ScoreStats.load(folder) if (folder / STATS_FILE).is_file() else None
+    head = InspectionHead(
+        model, groups, score=saved.rule, stats=stats,
+        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac,
+    )  # fmt: skip
     return score_images(head, images)["score"]
 
 

@@ -106,8 +106,9 @@ def stage_torch(candidate_dir: Path, tmp: Path, row: dict[str, Any]) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
     out = tmp / TORCH
     shutil.copytree(model_dir, out)
-    if (candidate_dir / "threshold.json").is_file():
-        shutil.copy2(candidate_dir / "threshold.json", out / "threshold.json")
+    for name in ("threshold.json", "scoring.json", "score_stats.npz"):  # the head's rule + stats
+        if (candidate_dir / name).is_file():
+            shutil.copy2(candidate_dir / name, out / name)
     size, channels = int(config["image_size"]), int(config.get("in_channels", 1))
     latent = int(config["latent_dim"])
     sig = signature(size, size, channels, latent, _n_groups(latent, row))
