@@ -148,12 +148,16 @@ def _cell(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def models_cmd(model_name: NameOpt = None, params: ParamsOpt = None) -> None:
+def models_cmd(
+    model_name: NameOpt = None,
+    params: ParamsOpt = None,
+    line: Annotated[str | None, typer.Option(help="one product line's model")] = None,
+) -> None:
     """List the registered versions with their aliases and headline metrics."""
     from granvae.tracking import Store, TrackingUnavailable, list_versions
 
     _, tracking, _ = _settings(params)
-    name = model_name or tracking.model_name
+    name = model_name or _line_model(params, line) or tracking.model_name
     try:
         rows = list_versions(name, store=Store(tracking))
     except TrackingUnavailable as err:
@@ -167,6 +171,21 @@ def models_cmd(model_name: NameOpt = None, params: ParamsOpt = None) -> None:
         aliases = ", ".join(row["aliases"])
         table.add_row(*[aliases if c == "aliases" else _cell(row.get(c)) for c in cols])
     Console(width=max(console.width, 132)).print(table)  # readable when piped, too
+
+
+def _line_model(params: Path | None, line: str | None) -> str | None:
+    """The registered model of a product line (granvae/lines.py), or None without --line."""
+    if line is None:
+        return None
+    import yaml
+
+    from granvae.lines import LineError, line_model_name
+
+    path = params or Path("params.yaml")
+    try:
+        return line_model_name(yaml.safe_load(path.read_text()) if path.exists() else {}, line)
+    except LineError as err:
+        _fail(str(err))
 
 
 def ui_cmd(

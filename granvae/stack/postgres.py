@@ -48,8 +48,10 @@ def _run_as() -> str | None:
     try:
         pwd.getpwnam(OS_USER)
     except KeyError as err:
-        raise StackError("running as root but there is no `postgres` user to run "
-                         "PostgreSQL as (apt-get install postgresql creates it)") from err  # fmt: skip
+        raise StackError(
+            "running as root but there is no `postgres` user to run PostgreSQL as "
+            "(apt-get install postgresql creates it)"
+        ) from err
     return OS_USER
 
 
