@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from granvae.stack import postgres, procs, services
@@ -25,6 +26,9 @@ from granvae.stack.config import (
     load_state,
     s3_credentials,
 )
+
+# Start order: each stage needs the one before; services within a stage start side by side.
+STAGES = (("postgres", "s3"), ("mlflow", "prefect"), ("worker",))
 
 
 def _new_state(cfg: StackSettings) -> StackState:
@@ -72,24 +76,33 @@ def up(cfg: StackSettings) -> StackState:
     state = load_state(cfg.root) or _new_state(cfg)
     state.project = str(cfg.project)
     state.save()
-    ready, started = _ready(state), []
+    started: list[str] = []
     try:
-        for name in SERVICES:
-            if name == "s3" and not state.local_s3:
-                services.ensure_bucket(state)
-                continue
-            if ready[name]():
-                continue
-            _stop_one(state, name)  # a stale process on a dead port
-            _start(state, name)
-            started.append(name)
-            state.save()
+        for stage in STAGES:
+            _start_stage(state, stage, started)
     except BaseException:
         for name in reversed(started):
             _stop_one(state, name, quiet=True)
         state.save()
         raise
     return state
+
+
+def _start_stage(state: StackState, stage: tuple[str, ...], started: list[str]) -> None:
+    """Start the stage's dead services side by side (their start-up is mostly imports)."""
+    ready = _ready(state)
+    if "s3" in stage and not state.local_s3:
+        services.ensure_bucket(state)
+        stage = tuple(n for n in stage if n != "s3")
+    todo = [name for name in stage if not ready[name]()]
+    for name in todo:
+        _stop_one(state, name)  # a stale process on a dead port
+    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+        futures = {name: pool.submit(_start, state, name) for name in todo}
+    started.extend(name for name in todo if name in state.pids)
+    state.save()
+    for fut in futures.values():
+        fut.result()  # the first failure, after every sibling has finished starting
 
 
 def _stop_one(state: StackState, name: str, quiet: bool = False) -> None:
@@ -105,16 +118,17 @@ def _stop_one(state: StackState, name: str, quiet: bool = False) -> None:
 
 
 def down(root: Path) -> list[str]:
-    """Stop every service (reverse order); data and ports are kept. Returns what stopped."""
+    """Stop every service (stages in reverse order); data and ports are kept."""
     state = load_state(root)
     if state is None:
         return []
     stopped = []
-    for name in reversed(SERVICES):
-        was = name in state.pids or (name == "postgres" and postgres.running(state))
-        _stop_one(state, name)
-        if was:
-            stopped.append(name)
+    for stage in reversed(STAGES):
+        was = [n for n in stage if n in state.pids or (n == "postgres" and postgres.running(state))]
+        with ThreadPoolExecutor(max_workers=len(stage)) as pool:
+            for fut in [pool.submit(_stop_one, state, name) for name in stage]:
+                fut.result()
+        stopped.extend(was)
     state.save()
     return stopped
 

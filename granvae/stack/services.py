@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from granvae.stack import procs
@@ -38,13 +38,23 @@ def base_env(state: StackState) -> dict[str, str]:
             "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
 
 
-def start_s3(state: StackState) -> int:
-    port = state.ports["s3"]
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    proc = procs.spawn("s3", cmd, log(state, "s3"), base_env(state))
-    procs.wait_until("s3 (moto)", lambda: s3_ready(state), lambda: procs.alive(proc.pid),
-                     log(state, "s3"), timeout=60)  # fmt: skip
+def _launch(
+    state: StackState, name: str, cmd: list[str], env: dict[str, str],
+    ready: Callable[[], bool], timeout: float, cwd: Path | None = None,
+) -> int:  # fmt: skip
+    """Spawn, wait until ready; a service that never gets ready is stopped, not orphaned."""
+    proc = procs.spawn(name, cmd, log(state, name), env, cwd=cwd)
+    try:
+        procs.wait_until(name, ready, lambda: procs.alive(proc.pid), log(state, name), timeout)
+    except BaseException:
+        procs.stop(proc.pid)
+        raise
     return proc.pid
+
+
+def start_s3(state: StackState) -> int:
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(state.ports["s3"])]
+    return _launch(state, "s3", cmd, base_env(state), lambda: s3_ready(state), 60)
 
 
 def s3_ready(state: StackState) -> bool:
@@ -81,10 +91,7 @@ def start_mlflow(state: StackState) -> int:
            "--port", str(state.ports["mlflow"]), "--workers", "1",
            "--backend-store-uri", state.pg_url("mlflow", "postgresql+psycopg2"),
            "--artifacts-destination", state.artifacts]  # fmt: skip
-    proc = procs.spawn("mlflow", cmd, log(state, "mlflow"), base_env(state))
-    procs.wait_until("mlflow", lambda: mlflow_ready(state), lambda: procs.alive(proc.pid),
-                     log(state, "mlflow"), timeout=180)  # fmt: skip
-    return proc.pid
+    return _launch(state, "mlflow", cmd, base_env(state), lambda: mlflow_ready(state), 180)
 
 
 def mlflow_ready(state: StackState) -> bool:
@@ -105,10 +112,7 @@ def start_prefect(state: StackState) -> int:
            "--port", str(state.ports["prefect"])]  # fmt: skip
     env = prefect_env(state)
     env.pop("PREFECT_API_URL", None)  # the server itself needs none
-    proc = procs.spawn("prefect", cmd, log(state, "prefect"), env)
-    procs.wait_until("prefect server", lambda: prefect_ready(state),
-                     lambda: procs.alive(proc.pid), log(state, "prefect"), timeout=240)  # fmt: skip
-    return proc.pid
+    return _launch(state, "prefect", cmd, env, lambda: prefect_ready(state), 240)
 
 
 def prefect_ready(state: StackState) -> bool:
@@ -121,10 +125,8 @@ def start_worker(state: StackState) -> int:
            "--name", f"{state.pool}-worker-1"]  # fmt: skip
     env = {**prefect_env(state), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL")  # a worker talks to the API, not the DB
-    proc = procs.spawn("worker", cmd, log(state, "worker"), env, cwd=Path(state.project))
-    procs.wait_until("worker", lambda: worker_ready(state), lambda: procs.alive(proc.pid),
-                     log(state, "worker"), timeout=120)  # fmt: skip
-    return proc.pid
+    ready = lambda: worker_ready(state)  # noqa: E731
+    return _launch(state, "worker", cmd, env, ready, 120, cwd=Path(state.project))
 
 
 def worker_ready(state: StackState) -> bool:
@@ -139,7 +141,3 @@ def worker_ready(state: StackState) -> bool:
     except (OSError, ValueError):
         return False
     return any(w.get("status") == "ONLINE" for w in workers)
-
-
-def run_quiet(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -9,6 +9,7 @@ able to enter it (pytest's own tmp folders are private to root).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -83,14 +84,7 @@ def wait_flow_runs(api: str, ids: list[Any], timeout: float) -> dict[Any, Any]:
 
 def running_candidates(api: str) -> int:
     """How many `candidate` task runs are running or done (training has begun)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="candidate"))
-        )
+    runs = _task_runs(api, "candidate")
     return sum(1 for r in runs if r.state and (r.state.is_running() or r.state.is_final()))
 
 
@@ -100,3 +94,37 @@ def edge_env() -> dict[str, str]:
            if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_"))}  # fmt: skip
     env["PYTHONPATH"] = str(ROOT / "deploy")
     return env
+
+
+def _task_runs(api: str, name: str) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        found = TaskRunFilter(name=TaskRunFilterName(like_=name))
+        return client.read_task_runs(task_run_filter=found)
+
+
+def failed_attempts(api: str, name: str) -> int:
+    """Task runs named like `name` that failed at least once (waiting for or in a retry)."""
+    waiting = ("AwaitingRetry", "Retrying")
+    return sum(1 for r in _task_runs(api, name)
+               if r.state and (r.state.name in waiting or r.run_count > 1))  # fmt: skip
+
+
+def retried_runs(api: str, name: str) -> int:
+    """Task runs named like `name` that completed after more than one attempt."""
+    return sum(1 for r in _task_runs(api, name)
+               if r.state and r.state.is_completed() and r.run_count > 1)  # fmt: skip
+
+
+def dvc_complete(state: Any, prefix: str, md5: str) -> bool:
+    """The remote holds the snapshot's .dir listing and every file it names."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=state.s3_endpoint, region_name=state.region)
+    key = f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}.dir"
+    listing = json.loads(client.get_object(Bucket=state.bucket, Key=key)["Body"].read())
+    keys = set(s3_keys(state, f"{prefix}/files/md5/"))
+    return all(f"{prefix}/files/md5/{e['md5'][:2]}/{e['md5'][2:]}" in keys for e in listing)

@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 from pipeline_fixtures import tiny_params, write_params
 from stack_fixtures import (
+    dvc_complete,
     edge_env,
+    failed_attempts,
     granvae,
+    retried_runs,
     running_candidates,
     s3_keys,
     stack_folder,
@@ -30,6 +33,8 @@ from stack_fixtures import (
 from granvae.stack import StackSettings, down, status, up
 from granvae.stack import postgres as pg
 from granvae.stack.config import StackState
+from granvae.stack.lifecycle import restart_service
+from granvae.stack.procs import stop as stop_process
 
 pytestmark = [
     pytest.mark.slow,
@@ -65,7 +70,7 @@ def params_file(stack: StackState) -> Path:
     params = tiny_params(
         project, "unused", sweep={"granularities": [2]},
         data={"n_train": 64, "n_val": 64, "n_test": 64},
-        pipeline={"max_workers": 1, "retries": 3, "retry_delay_s": 1.0},
+        pipeline={"max_workers": 1, "retries": 5, "retry_delay_s": 1.0},
         lines={"press-7": {"cron": "0 2 * * *"}, "press-9": {"cron": "30 2 * * *"}},
     )  # fmt: skip
     params["tracking"] = {"model_name": "inspector", "experiment": "plant",
@@ -110,11 +115,18 @@ def _versions(stack: StackState, model: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_lines(stack: StackState, params_file: Path) -> dict[str, object]:
-    """Both lines retrain at once on the one worker; Postgres restarts while they train."""
+    """Both lines retrain at once on the one worker. S3 is down when they start (their DVC
+    pushes fail and are retried until it is back); Postgres restarts while they train."""
     import time
 
     deployments = _deploy_lines(stack, params_file)
+    stop_process(stack.pids["s3"])  # the S3 endpoint is down when both runs start
     runs = _start(stack, deployments)
+    deadline = time.monotonic() + 240
+    while failed_attempts(stack.prefect_api, "version-data") < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert failed_attempts(stack.prefect_api, "version-data") >= 2, "DVC never met the outage"
+    restart_service(Path(stack.root), "s3")  # back (empty: moto keeps objects in memory)
     deadline = time.monotonic() + 300
     while running_candidates(stack.prefect_api) < 2 and time.monotonic() < deadline:
         time.sleep(2)
@@ -137,9 +149,10 @@ def test_deployments_carry_each_lines_schedule_and_pool(stack, two_lines) -> Non
     assert crons == {"press-7": "0 2 * * *", "press-9": "30 2 * * *"}
 
 
-def test_two_lines_survive_a_postgres_restart(stack, two_lines) -> None:
+def test_two_lines_survive_an_s3_outage_and_a_postgres_restart(stack, two_lines) -> None:
     states = {str(k): v for k, v in two_lines["final"].items()}
     assert all(s.is_completed() for s in states.values()), states
+    assert retried_runs(stack.prefect_api, "version-data") == 2  # each line met the outage
     for line in LINES:
         rows = _versions(stack, f"inspector-{line}")
         assert len(rows) == 1, f"{line}: expected one version, got {rows}"
@@ -158,6 +171,7 @@ def test_each_line_has_its_own_model_data_and_bundle(stack, two_lines) -> None:
         assert row["git_commit"] and row["sweep_id"].endswith(code), row  # code version
         dvc = s3_keys(stack, f"dvc/{line}/")
         assert f"dvc/{line}/files/md5/{md5[line][:2]}/{md5[line][2:]}.dir" in dvc
+        assert dvc_complete(stack, f"dvc/{line}", md5[line]), f"{line}: remote misses files"
         assert not any(other[2:] in key for key in dvc), f"{line}'s remote holds other data"
         repo = Path(stack.project) / "lines" / line / "data-repo"
         assert (repo / "data" / "snapshot.dvc").read_text().count(md5[line]) == 1
@@ -189,8 +203,13 @@ def test_edge_pulls_the_line_model_over_http(stack, two_lines, tmp_path: Path) -
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_models_line_lists_one_line(stack, two_lines, params_file: Path) -> None:
-    env = {**edge_env(), "PYTHONPATH": "", "MLFLOW_TRACKING_URI": stack.mlflow_uri}
-    proc = granvae("models", "--line", "press-9", "--params", str(params_file), env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "inspector-press-9" in proc.stdout and "inspector-press-7" not in proc.stdout
+def test_models_line_lists_one_line(stack, two_lines, params_file: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from granvae.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_uri)
+    result = CliRunner().invoke(app, ["models", "--line", "press-9", "--params", str(params_file)])
+    assert result.exit_code == 0, result.output
+    assert "inspector-press-9 (1 versions)" in result.output
+    assert "inspector-press-7" not in result.output
