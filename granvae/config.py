@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig
@@ -48,7 +48,7 @@ class EvalConfig(BaseModel):
     """How candidates are measured; the same numbers feed selection and the edge threshold."""
 
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)
-    score: str = Field("neg_elbo", pattern="^(neg_elbo|recon)$")
+    score: str = "neg_elbo"  # a rule of granvae.scoring.SCORES (validated below)
     iwae_k: int = Field(20, ge=1)
     iwae_images: int = Field(128, ge=1)
     latency_repeats: int = Field(20, ge=1)
@@ -57,6 +57,18 @@ class EvalConfig(BaseModel):
     disentanglement_test: int = Field(500, ge=10)
     factor_vae_votes: int = Field(300, ge=10)
     dci_estimators: int = Field(20, ge=1)
+    smooth_sigma: float = Field(2.0, gt=0)  # px; the localized rules smooth the map first
+    topk_frac: float = Field(0.01, gt=0, le=1)  # share of pixels the *_topk rules average
+    bootstrap: int = Field(1000, ge=100)  # replicates of the recall interval
+
+    @field_validator("score")
+    @classmethod
+    def _known_rule(cls, v: str) -> str:
+        from granvae.scoring.head import SCORES
+
+        if v not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}; got {v!r}")
+        return v
 
 
 class Settings(BaseModel):

@@ -44,12 +44,40 @@ def gaussian_nll_map(x: torch.Tensor, mean: torch.Tensor, obs_std: float) -> tor
     return 0.5 * ((x - mean) / obs_std).pow(2) + math.log(obs_std) + 0.5 * LOG_2PI
 
 
+# A learned per-pixel std lives in [LEARNED_STD_MIN, LEARNED_STD_MAX]: a floor near the sensor
+# noise (about 3 grey levels) stops the decoder from buying likelihood with a vanishing
+# variance on flat pixels, and the ceiling stops it from explaining a whole texture as noise.
+LEARNED_STD_MIN = 0.01
+LEARNED_STD_MAX = 0.5
+
+
+def learned_logvar(raw: torch.Tensor) -> torch.Tensor:
+    """Decoder's raw variance channels -> log variance, squashed into the allowed range."""
+    lo, hi = 2.0 * math.log(LEARNED_STD_MIN), 2.0 * math.log(LEARNED_STD_MAX)
+    return lo + (hi - lo) * torch.sigmoid(raw)
+
+
+def gaussian_learned_nll_map(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Per-pixel -log p(x|z) when the decoder predicts a mean and a variance per pixel.
+
+    ``params`` holds C mean channels then C raw variance channels. A defect then stands out
+    where the residual is large *for that pixel*: busy texture is allowed a wider spread.
+    """
+    mean, raw = params.chunk(2, dim=1)
+    logvar = learned_logvar(raw)
+    return 0.5 * ((x - mean).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
+
+
 NllMap = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 NLL_MAPS: dict[str, NllMap] = {
     "bernoulli": lambda x, params, _std: bernoulli_nll_map(x, params),
     "gaussian": gaussian_nll_map,
+    "gaussian_learned": lambda x, params, _std: gaussian_learned_nll_map(x, params),
 }
+
+# Output channels per image channel: the learned-variance decoder emits mean and variance.
+PARAMS_PER_CHANNEL = {"bernoulli": 1, "gaussian": 1, "gaussian_learned": 2}
 
 
 def recon_nll_map(likelihood: str, x: torch.Tensor, params: torch.Tensor, obs_std: float):
@@ -65,4 +93,8 @@ def recon_nll_map(likelihood: str, x: torch.Tensor, params: torch.Tensor, obs_st
 
 def recon_mean(likelihood: str, params: torch.Tensor) -> torch.Tensor:
     """The decoder's expected image, for pictures and reconstruction errors."""
-    return torch.sigmoid(params) if likelihood == "bernoulli" else params
+    if likelihood == "bernoulli":
+        return torch.sigmoid(params)
+    if likelihood == "gaussian_learned":
+        return params.chunk(2, dim=1)[0]
+    return params

@@ -17,26 +17,61 @@ import torch
 from granvae.config import EvalConfig
 from granvae.data import DatasetMeta, Split
 from granvae.data.generate import KINDS
+from granvae.distributions import recon_mean
 from granvae.metrics import attribution, elbo, inspection, latency
+from granvae.metrics.aupro import aupro
+from granvae.metrics.bootstrap import recall_interval
 from granvae.metrics.disentanglement import evaluate_all
 from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
-from granvae.scoring import InspectionHead, score_images
+from granvae.scoring import InspectionHead, build_head, save_head_scoring, score_images
 
+ACTIVE_UNIT_VAR = 0.01
 EVALUATION_FILE = "evaluation.json"
 THRESHOLD_FILE = "threshold.json"
 SCORES_FILE = "scores.npz"
 
 
 def _elbo_metrics(model: FactorizedVAE, good: np.ndarray, granularity: int, cfg: EvalConfig):
-    """Held-out ELBO on good test images: what the paper's V-trajectory is drawn from."""
+    """Held-out ELBO on good test images: what the paper's V-trajectory is drawn from.
+
+    ``elbo`` is over every good test image; ``elbo_iwae_images`` is the ELBO on exactly the
+    images the IWAE bound used, so the two bounds are compared on the same images.
+    """
     per_image = elbo.elbo_terms(model, good)
     out = elbo.compute_elbo(per_image)
     out.update(elbo.decomposition_terms(model, good, granularity))
     subset = good[: cfg.iwae_images]
     out.update(elbo.compute_iwae(elbo.iwae_bound(model, subset, k=cfg.iwae_k), cfg.iwae_k))
+    out["elbo_iwae_images"] = elbo.compute_elbo(elbo.elbo_terms(model, subset))["elbo"]
     return out
+
+
+@torch.no_grad()
+def collapse_diagnostics(model: FactorizedVAE, images: np.ndarray) -> dict[str, float]:
+    """Is the model using its latents? Active units (Burda et al. 2016: Var_x E[z_d|x] >
+    0.01), KL per image and how sharp reconstructions are relative to the input.
+
+    A collapsed model (no active unit) reconstructs the average image whatever x is; its
+    scores then measure distance to the mean image and must not be shipped as a VAE.
+    """
+    x = to_unit(images)
+    mu, logvar = model.encode(x)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    active = int((mu.var(0) > ACTIVE_UNIT_VAR).sum())
+    recon = recon_mean(model.config.likelihood, model.decode(mu))
+
+    def grad_energy(t: torch.Tensor) -> float:
+        return float(t.diff(dim=-1).pow(2).mean() + t.diff(dim=-2).pow(2).mean())
+
+    return {
+        "active_units": float(active),
+        "kl_per_image": float(kl.sum(1).mean()),
+        "kl_max_dim": float(kl.mean(0).max()),
+        "recon_sharpness": grad_energy(recon) / max(grad_energy(x), 1e-12),
+        "collapsed": float(active == 0),
+    }
 
 
 def _disentanglement(model: FactorizedVAE, meta: DatasetMeta, cfg: EvalConfig, seed: int):
@@ -78,6 +113,15 @@ def _inspection(
         pixel_maps=out["anomaly_map"] if has_masks else None,
         masks=test.masks if has_masks else None,
     )
+    defect = test.labels > 0
+    if defect.any():
+        iv = recall_interval(
+            val["score"], out["score"][defect], cfg.false_alarm_rate, n_boot=cfg.bootstrap,
+            rng=np.random.default_rng(0), threshold=threshold.value,
+        )  # fmt: skip
+        metrics.update(iv.as_dict("recall_at_far"))
+    if has_masks and defect.any():
+        metrics["aupro"] = aupro(out["anomaly_map"], test.masks)
     metrics.update(
         attribution.compute_attribution(
             out["group_attribution"],
@@ -109,7 +153,10 @@ def evaluate_candidate(
     candidate_dir = Path(candidate_dir)
     model = FactorizedVAE.load(candidate_dir / "model").eval()
     groups = make_groups(model.config.latent_dim, granularity)
-    head = InspectionHead(model, groups, score=cfg.score)
+    head = build_head(
+        model, groups, cfg.score, splits["train"].images, cfg.smooth_sigma, cfg.topk_frac
+    )
+    save_head_scoring(head, candidate_dir)
     test = splits["test"]
     metrics, threshold, arrays = _inspection(head, splits, meta, cfg)
     good = test.images[test.labels == 0]
@@ -124,6 +171,8 @@ def evaluate_candidate(
         )
     )
     metrics.update(_disentanglement(model, meta, cfg, seed))
+    metrics.update(collapse_diagnostics(model, good if len(good) else splits["val"].images))
+    metrics["latent_dim"] = model.config.latent_dim
     metrics = {k: float(v) for k, v in metrics.items()}
     (candidate_dir / THRESHOLD_FILE).write_text(json.dumps(threshold.to_dict(), indent=2))
     np.savez_compressed(candidate_dir / SCORES_FILE, **arrays)

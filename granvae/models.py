@@ -18,6 +18,8 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
+from granvae.distributions import PARAMS_PER_CHANNEL
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 
@@ -30,8 +32,14 @@ class ModelConfig(BaseModel):
     image_size: int = Field(64, ge=4)
     latent_dim: int = Field(10, ge=1)
     hidden: int = Field(256, ge=8)
-    likelihood: str = Field("bernoulli", pattern="^(bernoulli|gaussian)$")
-    obs_std: float = Field(0.1, gt=0)
+    likelihood: str = Field("bernoulli", pattern="^(bernoulli|gaussian|gaussian_learned)$")
+    obs_std: float = Field(0.1, gt=0)  # fixed std of "gaussian"; unused by the other two
+    width: int = Field(1, ge=1, le=8)  # multiplies the conv channels (32-32-64-64)
+
+    @property
+    def out_channels(self) -> int:
+        """Decoder output channels: the likelihood's parameters per image channel."""
+        return self.in_channels * PARAMS_PER_CHANNEL[self.likelihood]
 
     @field_validator("image_size")
     @classmethod
@@ -51,38 +59,38 @@ class VAEOutput(NamedTuple):
 
 
 def _conv_encoder(cfg: ModelConfig) -> nn.Sequential:
-    side = cfg.image_size // 16
+    side, a, b = cfg.image_size // 16, 32 * cfg.width, 64 * cfg.width
     return nn.Sequential(
-        nn.Conv2d(cfg.in_channels, 32, 4, 2, 1),
+        nn.Conv2d(cfg.in_channels, a, 4, 2, 1),
         nn.ReLU(),
-        nn.Conv2d(32, 32, 4, 2, 1),
+        nn.Conv2d(a, a, 4, 2, 1),
         nn.ReLU(),
-        nn.Conv2d(32, 64, 4, 2, 1),
+        nn.Conv2d(a, b, 4, 2, 1),
         nn.ReLU(),
-        nn.Conv2d(64, 64, 4, 2, 1),
+        nn.Conv2d(b, b, 4, 2, 1),
         nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(64 * side * side, cfg.hidden),
+        nn.Linear(b * side * side, cfg.hidden),
         nn.ReLU(),
         nn.Linear(cfg.hidden, 2 * cfg.latent_dim),
     )
 
 
 def _conv_decoder(cfg: ModelConfig) -> nn.Sequential:
-    side = cfg.image_size // 16
+    side, a, b = cfg.image_size // 16, 32 * cfg.width, 64 * cfg.width
     return nn.Sequential(
         nn.Linear(cfg.latent_dim, cfg.hidden),
         nn.ReLU(),
-        nn.Linear(cfg.hidden, 64 * side * side),
+        nn.Linear(cfg.hidden, b * side * side),
         nn.ReLU(),
-        nn.Unflatten(1, (64, side, side)),
-        nn.ConvTranspose2d(64, 64, 4, 2, 1),
+        nn.Unflatten(1, (b, side, side)),
+        nn.ConvTranspose2d(b, b, 4, 2, 1),
         nn.ReLU(),
-        nn.ConvTranspose2d(64, 32, 4, 2, 1),
+        nn.ConvTranspose2d(b, a, 4, 2, 1),
         nn.ReLU(),
-        nn.ConvTranspose2d(32, 32, 4, 2, 1),
+        nn.ConvTranspose2d(a, a, 4, 2, 1),
         nn.ReLU(),
-        nn.ConvTranspose2d(32, cfg.in_channels, 4, 2, 1),
+        nn.ConvTranspose2d(a, cfg.out_channels, 4, 2, 1),
     )
 
 
@@ -99,7 +107,7 @@ def _mlp_encoder(cfg: ModelConfig) -> nn.Sequential:
 
 
 def _mlp_decoder(cfg: ModelConfig) -> nn.Sequential:
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    shape = (cfg.out_channels, cfg.image_size, cfg.image_size)
     return nn.Sequential(
         nn.Linear(cfg.latent_dim, cfg.hidden),
         nn.ReLU(),

@@ -13,7 +13,6 @@ Pure: no mlflow, no torch. `load_rows` and `write_decision` are the only file I/
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -62,7 +61,13 @@ class Gate(BaseModel):
 
 
 class Lexicographic(BaseModel):
-    """Best `primary` wins; within `primary_tolerance` of each other, best `tie_break` wins."""
+    """Best `primary` wins unless the leaders are tied; then best `tie_break`, then the
+    simpler model (fewer latent dimensions).
+
+    Tied means within `primary_tolerance`, or, with `within_noise` and the rows carrying
+    `<primary>_lo` / `<primary>_hi` (the bootstrap interval), an interval that overlaps the
+    leader's: a recall that differs by 2 defects out of 128 is noise, not a winner.
+    """
 
     mode: Literal["lexicographic"] = "lexicographic"
     primary: str = "recall_at_far"
@@ -70,6 +75,8 @@ class Lexicographic(BaseModel):
     primary_tolerance: float = Field(1e-9, ge=0)
     primary_higher_is_better: bool = True
     tie_break_higher_is_better: bool = True
+    within_noise: bool = True
+    simpler: str = "latent_dim"  # lower is simpler; the last tie-break before the id
 
 
 class Weighted(BaseModel):
@@ -154,24 +161,55 @@ def _gate_table(rows: list[dict], gates: list[Gate]) -> list[dict[str, Any]]:
     return table
 
 
+def _interval(row: dict, metric: str) -> tuple[float, float] | None:
+    lo, hi = _num(row.get(f"{metric}_lo")), _num(row.get(f"{metric}_hi"))
+    return None if math.isnan(lo) or math.isnan(hi) else (lo, hi)
+
+
+def tied_with_leader(rows: list[dict], ranking: Lexicographic) -> set[str]:
+    """Candidates whose primary metric cannot be told apart from the leader's."""
+    sign = 1.0 if ranking.primary_higher_is_better else -1.0
+    value = {str(r["candidate_id"]): sign * _num(r.get(ranking.primary)) for r in rows}
+    finite = {k: v for k, v in value.items() if not math.isnan(v)}
+    if not finite:
+        return set()
+    leader = max(sorted(finite), key=lambda k: finite[k])
+    lead_row = next(r for r in rows if str(r["candidate_id"]) == leader)
+    lead_iv = _interval(lead_row, ranking.primary) if ranking.within_noise else None
+    tied = set()
+    for r in rows:
+        cid = str(r["candidate_id"])
+        if cid not in finite:
+            continue
+        close = abs(finite[cid] - finite[leader]) <= ranking.primary_tolerance
+        iv = _interval(r, ranking.primary) if lead_iv else None
+        overlap = bool(iv and lead_iv and iv[0] <= lead_iv[1] and lead_iv[0] <= iv[1])
+        if close or overlap:
+            tied.add(cid)
+    return tied
+
+
 def _lexicographic(rows: list[dict], ranking: Lexicographic) -> list[tuple[str, float]]:
-    """Candidates in rank order with their score (the primary metric)."""
+    """Candidates in rank order with their score (the primary metric): the leader's tie
+    group first, ordered by the tie-break then simplicity, then everyone else by primary."""
     sign_p = 1.0 if ranking.primary_higher_is_better else -1.0
     sign_t = 1.0 if ranking.tie_break_higher_is_better else -1.0
+    tied = tied_with_leader(rows, ranking)
 
-    def key(row: dict) -> tuple[float, float]:
-        p, t = sign_p * _num(row.get(ranking.primary)), sign_t * _num(row.get(ranking.tie_break))
-        return (-math.inf if math.isnan(p) else p, -math.inf if math.isnan(t) else t)
+    def neg_inf(v: float) -> float:
+        return -math.inf if math.isnan(v) else v
 
-    def better_first(a: dict, b: dict) -> int:
-        (pa, ta), (pb, tb) = key(a), key(b)
-        if not (abs(pa - pb) <= ranking.primary_tolerance or pa == pb):
-            return -1 if pa > pb else 1
-        if ta != tb:
-            return -1 if ta > tb else 1
-        return -1 if str(a["candidate_id"]) < str(b["candidate_id"]) else 1
+    def key(row: dict) -> tuple:
+        cid = str(row["candidate_id"])
+        p = neg_inf(sign_p * _num(row.get(ranking.primary)))
+        t = neg_inf(sign_t * _num(row.get(ranking.tie_break)))
+        simple = _num(row.get(ranking.simpler))
+        simple = math.inf if math.isnan(simple) else simple
+        if cid in tied:
+            return (0, 0.0, -t, simple, cid)
+        return (1, -p, -t, simple, cid)
 
-    ordered = sorted(rows, key=functools.cmp_to_key(better_first))
+    ordered = sorted(rows, key=key)
     return [(str(r["candidate_id"]), _num(r.get(ranking.primary))) for r in ordered]
 
 
@@ -200,24 +238,35 @@ def _all_fail_reason(table: list[dict], gates: list[Gate]) -> str:
     return "no candidate passed the gates: " + "; ".join(parts)
 
 
+def _describe(row: dict, metric: str) -> str:
+    iv = _interval(row, metric)
+    value = _fmt(_num(row.get(metric)))
+    return f"{value} [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else value
+
+
 def _why_lexicographic(ranked: list, rows: dict[str, dict], ranking: Lexicographic) -> str:
     win, p_win = ranked[0]
     if len(ranked) == 1:
         return (
             f"{win} wins: the only candidate passing every gate ({ranking.primary} {_fmt(p_win)})"
         )
-    runner, p_run = ranked[1]
-    if abs(p_win - p_run) > ranking.primary_tolerance:
+    tied = tied_with_leader([rows[c] for c, _ in ranked], ranking) - {win}
+    runner = ranked[1][0]
+    if not tied:
         return (
-            f"{win} wins: {ranking.primary} {_fmt(p_win)} vs {_fmt(p_run)} for the runner-up "
-            f"{runner}; {ranking.tie_break} tie-break not needed"
+            f"{win} wins: {ranking.primary} {_describe(rows[win], ranking.primary)} vs "
+            f"{_describe(rows[runner], ranking.primary)} for the runner-up {runner}; "
+            f"{ranking.tie_break} tie-break not needed"
         )
     t_win = _num(rows[win].get(ranking.tie_break))
     t_run = _num(rows[runner].get(ranking.tie_break))
+    noisy = ranking.within_noise and _interval(rows[win], ranking.primary) is not None
+    how = "tie within noise (intervals overlap)" if noisy else "tied"
     return (
-        f"{win} wins: {ranking.primary} tied with the runner-up {runner} ({_fmt(p_win)} vs "
-        f"{_fmt(p_run)}, within {ranking.primary_tolerance:g}); {ranking.tie_break} tie-break "
-        f"{_fmt(t_win)} vs {_fmt(t_run)}"
+        f"{win} wins: {ranking.primary} {how} with {len(tied)} other(s), e.g. {runner} "
+        f"({_describe(rows[win], ranking.primary)} vs {_describe(rows[runner], ranking.primary)}"
+        f"); {ranking.tie_break} tie-break {_fmt(t_win)} vs {_fmt(t_run)}, "
+        f"then the simpler model ({ranking.simpler})"
     )
 
 
@@ -255,8 +304,20 @@ def select(rows: list[dict[str, Any]], policy: SelectionPolicy | None = None) ->
     by_id = {t["candidate_id"]: t for t in table}
     for rank, (cid, score) in enumerate(ranked, start=1):
         by_id[cid].update(score=score, rank=rank)
+    if isinstance(ranking, Lexicographic):
+        _add_intervals(table, rows, ranking, ranked)
     why += f" ({len(survivors)} of {len(rows)} candidates passed the gates)"
     return Decision(table, ranked[0][0], why, labels, dump)
+
+
+def _add_intervals(table: list[dict], rows: list[dict], ranking: Lexicographic, ranked) -> None:
+    """The decision table shows each candidate's interval and who is tied with the winner."""
+    src = {str(r["candidate_id"]): r for r in rows}
+    tied = tied_with_leader([src[c] for c, _ in ranked], ranking)
+    for t in table:
+        iv = _interval(src[t["candidate_id"]], ranking.primary)
+        t[f"{ranking.primary}_95ci"] = f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else None
+        t["tied_with_winner"] = t["candidate_id"] in tied if t["rank"] else None
 
 
 def load_rows(sweep_dir: Path | str) -> list[dict[str, Any]]:

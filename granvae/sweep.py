@@ -119,8 +119,9 @@ def run_candidate(
         status = json.loads((cdir / "status.json").read_text()) if done else None
         if done is None:
             result = train(
-                splits["train"].images, model_cfg, objective, train_cfg, cdir, progress=progress
-            )
+                splits["train"].images, model_cfg, objective, train_cfg, cdir,
+                progress=progress, val_images=splits["val"].images,
+            )  # fmt: skip
             if result.status != "finished":
                 return candidate_row(c, settings, "failed", result.reason)
             status = {

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from granvae.distributions import kl_to_standard_normal, recon_nll_map
 from granvae.models import FactorizedVAE, ModelConfig
 from granvae.objectives import ObjectiveConfig, compute_terms
 
@@ -35,13 +37,29 @@ MEMORY_FORMATS = {"conv": torch.channels_last, "mlp": torch.contiguous_format}
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+AUGMENTS = ("hflip", "vflip", "rot180")
+
+
 class TrainConfig(BaseModel):
+    """How one candidate trains.
+
+    kl_warmup_epochs: the KL-side terms are scaled from 0 to 1 over this many epochs, so
+    the decoder learns to use z before the prior pulls every posterior onto it (the
+    collapse seen on real textures). augment: flips a product allows (a texture does,
+    an aligned part with a notch on one side does not). early_stop_patience: stop when
+    the held-out negative ELBO has not improved for this many epochs and keep the best
+    epoch's weights (needs val images).
+    """
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
     device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     num_threads: int | None = Field(None, ge=1)
+    kl_warmup_epochs: float = Field(0.0, ge=0)
+    augment: list[Literal["hflip", "vflip", "rot180"]] = Field(default_factory=list)
+    early_stop_patience: int | None = Field(None, ge=1)
 
 
 @dataclass
@@ -54,6 +72,7 @@ class TrainResult:
     seconds: float
     out_dir: str
     history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None  # the epoch whose weights were saved (early stopping)
 
     @property
     def model_dir(self) -> Path:
@@ -102,6 +121,22 @@ def _load_checkpoint(path: Path, model: FactorizedVAE, optim: torch.optim.Optimi
     return state
 
 
+def _augment(x: torch.Tensor, kinds: list[str], gen: torch.Generator) -> torch.Tensor:
+    """Each image flipped (per kind) with probability 1/2; the label of a good part stays good."""
+    for kind in kinds:
+        flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        dims = {"hflip": (-1,), "vflip": (-2,), "rot180": (-2, -1)}[kind]
+        x = torch.where(flip, x.flip(dims), x)
+    return x
+
+
+def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """Linear KL warm-up over ``kl_warmup_epochs`` (fractional epochs allowed)."""
+    if cfg.kl_warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch + step / max(steps, 1)) / cfg.kl_warmup_epochs)
+
+
 def _run_epoch(
     model: FactorizedVAE,
     optim: torch.optim.Optimizer,
@@ -114,13 +149,14 @@ def _run_epoch(
 ) -> dict[str, float]:
     """One pass over the data; returns the epoch means of every named term."""
     model.train()
-    order = torch.randperm(
-        len(data), generator=torch.Generator().manual_seed(cfg.seed * 9973 + epoch)
-    )
+    gen = torch.Generator().manual_seed(cfg.seed * 9973 + epoch)
+    order = torch.randperm(len(data), generator=gen)
+    steps = len(data) // cfg.batch_size
     sums: dict[str, float] = {}
     n_batches = 0
     for step, start in enumerate(range(0, len(data) - cfg.batch_size + 1, cfg.batch_size)):
         x = data[order[start : start + cfg.batch_size]].to(device).float().div_(255.0)
+        x = _augment(x, cfg.augment, gen)
         x = x.contiguous(memory_format=MEMORY_FORMATS[model.config.arch])
         with _autocast(device):
             out = model(x)
@@ -128,8 +164,10 @@ def _run_epoch(
         if not torch.isfinite(terms["loss"]):
             values = {k: float(v) for k, v in terms.items()}
             raise NonFiniteError(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {values}")
+        w = kl_weight(cfg, epoch, step, steps)
+        loss = terms["loss"] if w == 1.0 else terms["recon"] + w * (terms["loss"] - terms["recon"])
         optim.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        loss.backward()
         optim.step()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -138,6 +176,22 @@ def _run_epoch(
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise NonFiniteError(f"non-finite weights after epoch {epoch + 1}")
     return {k: v / n_batches for k, v in sums.items()}
+
+
+@torch.no_grad()
+def held_out_neg_elbo(model: FactorizedVAE, images: torch.Tensor, device: torch.device) -> float:
+    """Mean negative ELBO at z = mu (deterministic) on held-out good images: early stopping's
+    yardstick, comparable epoch to epoch because no sampling noise enters it."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), 256):
+        x = images[start : start + 256].to(device).float().div_(255.0)
+        x = x.contiguous(memory_format=MEMORY_FORMATS[model.config.arch])
+        mu, logvar = model.encode(x)
+        cfg = model.config
+        nll = recon_nll_map(cfg.likelihood, x, model.decode(mu).float(), cfg.obs_std)
+        total += float(nll.flatten(1).sum(1).sum() + kl_to_standard_normal(mu, logvar).sum())
+    return total / len(images)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -151,6 +205,37 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+class _Best:
+    """Early stopping's memory: the best held-out epoch and its weights (checkpointed too,
+    so a resumed run stops where an uninterrupted one would)."""
+
+    def __init__(self, patience: int | None, val: torch.Tensor | None, state: dict | None):
+        self.patience, self.val = patience, val
+        state = state or {}
+        self.value = state.get("value", math.inf)
+        self.epoch = state.get("epoch", 0)
+        self.weights = state.get("weights")
+
+    @property
+    def active(self) -> bool:
+        return self.patience is not None and self.val is not None and len(self.val) > 0
+
+    def update(self, model: FactorizedVAE, epoch: int, device: torch.device) -> float | None:
+        if not self.active:
+            return None
+        value = held_out_neg_elbo(model, self.val, device)
+        if value < self.value:
+            self.value, self.epoch = value, epoch
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return value
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.active and epoch - self.epoch >= self.patience
+
+    def state(self) -> dict:
+        return {"value": self.value, "epoch": self.epoch, "weights": self.weights}
+
+
 def train(
     images: np.ndarray,
     model_cfg: ModelConfig,
@@ -160,8 +245,14 @@ def train(
     resume: bool = True,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
+    val_images: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train on uint8 (N, C, H, W) good images; write checkpoint, model and status to out_dir."""
+    """Train on uint8 (N, C, H, W) good images; write checkpoint, model and status to out_dir.
+
+    With ``cfg.early_stop_patience`` and ``val_images`` the saved model is the epoch with
+    the best held-out negative ELBO, and training stops after ``patience`` epochs without
+    improvement.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(images) < cfg.batch_size:
@@ -173,11 +264,13 @@ def train(
     model = FactorizedVAE(model_cfg)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict[str, float]] = []
-    start_epoch = 0
+    start_epoch, best_state = 0, None
     ckpt = out_dir / CHECKPOINT_FILE
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt, model, optim)
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history, best_state = state["epoch"], state["history"], state.get("best")
+    val = None if val_images is None else torch.from_numpy(np.ascontiguousarray(val_images))
+    best = _Best(cfg.early_stop_patience, val, best_state)
     model.to(device, memory_format=MEMORY_FORMATS[model_cfg.arch])
     data = torch.from_numpy(np.ascontiguousarray(images))
     result = TrainResult("finished", None, start_epoch, start_epoch, str(device), 0.0, str(out_dir))
@@ -195,6 +288,9 @@ def train(
             except NonFiniteError as err:
                 result.status, result.reason = "failed", str(err)
                 break
+            held_out = best.update(model, epoch + 1, device)
+            if held_out is not None:
+                terms["val_neg_elbo"] = held_out
             history.append({"epoch": epoch + 1, **terms})
             bar.update(task, status=f"elbo {terms['elbo']:.1f}")
             state = {
@@ -204,14 +300,20 @@ def train(
                 "history": history,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "best": best.state(),
             }
             _save_atomic(state, ckpt)
             result.epochs_completed = epoch + 1
             if on_epoch:
                 on_epoch(epoch + 1, terms)
+            if best.should_stop(epoch + 1):
+                break
     result.seconds = time.perf_counter() - t0
     result.history = history
     if result.status == "finished":
+        if best.active and best.weights is not None:
+            model.load_state_dict(best.weights)
+            result.best_epoch = best.epoch
         model.to("cpu").save(out_dir / MODEL_DIR)
     _write_status(out_dir, result)
     return result

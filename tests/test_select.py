@@ -46,7 +46,7 @@ def test_tie_on_primary_is_broken_by_elbo_within_tolerance():
     rows.append(candidate_row(4, 0.80 - 1e-12, -90.0))
     decision = select(rows, _policy())
     assert decision.winner == "g4-b4-d4-s0"  # best ELBO among three tied on recall
-    assert "tied with the runner-up g2-b4-d4-s0" in decision.why
+    assert "tied with 2 other(s), e.g. g2-b4-d4-s0" in decision.why  # no intervals in rows
     assert "elbo tie-break -90 vs -100" in decision.why
     wide = _policy(ranking={"mode": "lexicographic", "primary_tolerance": 0.05})
     rows = [candidate_row(1, 0.80, -120.0), candidate_row(2, 0.84, -100.0)]
@@ -131,3 +131,32 @@ def test_write_decision_writes_csv_and_markdown(tmp_path):
     assert table[1]["rank"] == "1" and table[1]["recall_at_far"] == "0.83"
     text = md_path.read_text()
     assert decision.why in text and "| **g2-b4-d4-s0** |" in text
+
+
+def _with_interval(row: dict, lo: float, hi: float, latent_dim: int = 4) -> dict:
+    return {**row, "recall_at_far_lo": lo, "recall_at_far_hi": hi, "latent_dim": latent_dim}
+
+
+def test_overlapping_intervals_are_a_tie_within_noise_decided_by_elbo():
+    """2 more defects out of 128 is not a win: the intervals overlap, ELBO decides."""
+    rows = [
+        _with_interval(candidate_row(1, 0.80, -120.0), 0.70, 0.88),
+        _with_interval(candidate_row(2, 0.78, -100.0), 0.68, 0.86),
+        _with_interval(candidate_row(5, 0.60, -50.0), 0.50, 0.69),
+    ]
+    decision = select(rows, _policy())
+    assert decision.winner == "g2-b4-d4-s0"
+    assert "tie within noise" in decision.why and "elbo tie-break -100 vs -120" in decision.why
+    table = _by_id(decision)
+    assert table["g5-b4-d4-s0"]["rank"] == 3 and not table["g5-b4-d4-s0"]["tied_with_winner"]
+    assert table["g1-b4-d4-s0"]["recall_at_far_95ci"] == "[0.700, 0.880]"
+    off = _policy(ranking={"mode": "lexicographic", "within_noise": False})
+    assert select(rows, off).winner == "g1-b4-d4-s0"  # without intervals the point estimate wins
+
+
+def test_equal_elbo_in_a_tie_goes_to_the_simpler_model():
+    rows = [
+        _with_interval(candidate_row(1, 0.80, -100.0), 0.7, 0.9, latent_dim=16),
+        _with_interval(candidate_row(2, 0.79, -100.0), 0.7, 0.9, latent_dim=8),
+    ]
+    assert select(rows, _policy()).winner == "g2-b4-d4-s0"

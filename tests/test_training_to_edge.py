@@ -24,7 +24,8 @@ SETTINGS = {
     "model": {"arch": "conv", "latent_dim": 4, "hidden": 32},
     "train": {"epochs": 2, "batch_size": 32},
     "sweep": {"granularities": [2], "betas": [2.0], "workers": 1},
-    "evaluation": {"iwae_k": 2, "iwae_images": 16, "latency_repeats": 2, "disentanglement": False},
+    "evaluation": {"iwae_k": 2, "iwae_images": 16, "latency_repeats": 2, "disentanglement": False,
+                   "score": "fusion"},  # the rule that uses every good-image statistic
 }
 
 
@@ -82,3 +83,20 @@ def test_edge_scores_png_files_like_training(exported, tmp_path) -> None:
         path = tmp_path / f"part-{i}.png"
         Image.fromarray(test.images[i, 0]).save(path)
         assert inspector.score_one(path).score == pytest.approx(scores[i], rel=1e-4)
+
+
+def test_bundle_carries_the_normalisation_statistics_it_scores_with(exported) -> None:
+    """The graph's constants and the shipped score_stats.npz are the candidate's statistics,
+    and the manifest names the rule the threshold was calibrated for."""
+    from granvae_edge.bundle import sha256_bytes
+
+    root, _ = exported
+    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
+    assert manifest["scoring"]["rule"] == "fusion" == manifest["threshold"]["score"]
+    shipped = root / "bundle" / manifest["scoring"]["stats_file"]
+    assert sha256_bytes(shipped.read_bytes()) == manifest["scoring"]["stats_sha256"]
+    cdir = root / "sweep" / "candidates" / "g2-b2-d4-s0"
+    with np.load(shipped) as got, np.load(cdir / "score_stats.npz") as want:
+        for name in want.files:
+            np.testing.assert_array_equal(got[name], want[name])
+        assert np.all(got["pixel_std"] > 0) and got["latent_precision"].shape == (4, 4)

@@ -40,6 +40,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+STATS_FILE = "score_stats.npz"  # the good-image statistics baked into the graph, for audit
 COLOR_MODES = {1: "L", 3: "RGB"}
 SCORE_NAME = "neg_elbo"
 
@@ -118,6 +119,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _threshold_dict(threshold: Threshold | Mapping[str, Any]) -> dict[str, Any]:
+    return threshold.to_dict() if isinstance(threshold, Threshold) else dict(threshold)
+
+
 def _check_groups(groups: Sequence[Sequence[int]], model: onnx.ModelProto) -> list[list[int]]:
     out = [[int(d) for d in g] for g in groups]
     n_groups = _static_dims(model, "group_attribution")[-1]
@@ -137,8 +142,13 @@ def build_manifest(
     mlflow_model_uri: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     calibrated_on: str | None = None,
+    scoring: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file)."""
+    """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file).
+
+    ``scoring`` is the score rule block (rule, smoothing, top-k share and, when the rule
+    uses statistics of good images, the stats file shipped beside the model and its hash).
+    """
     if not isinstance(data_version, str) or not data_version:
         raise ValueError(f"data_version must be a non-empty string, got {data_version!r}")
     if not class_names or class_names[0] != "good":
@@ -157,7 +167,11 @@ def build_manifest(
             "input": input_spec(model),
             "outputs": list(OUTPUT_NAMES),
             "groups": _check_groups(groups, model),
-            "threshold": threshold_block(threshold, calibrated_on),
+            "threshold": threshold_block(
+                {**_threshold_dict(threshold), **({"score": scoring["rule"]} if scoring else {})},
+                calibrated_on,
+            ),
+            "scoring": dict(scoring or {"rule": SCORE_NAME}),
             "class_names": [str(c) for c in class_names],
             "candidate": dict(candidate),
             "data_version": data_version,
@@ -180,11 +194,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _assemble(tmp: Path, onnx_path: Path, fields: dict[str, Any]) -> dict[str, Any]:
-    """Copy the model in, hash *the copy*, write the manifest; all inside ``tmp``."""
+def _assemble(
+    tmp: Path, onnx_path: Path, fields: dict[str, Any], stats_path: Path | None
+) -> dict[str, Any]:
+    """Copy the model (and score statistics) in, hash *the copies*, write the manifest."""
     model = tmp / MODEL_FILE
     shutil.copyfile(onnx_path, model)
     _fsync(model)
+    if stats_path is not None:
+        shipped = tmp / STATS_FILE
+        shutil.copyfile(stats_path, shipped)
+        _fsync(shipped)
+        fields["scoring"] = {**fields["scoring"], "stats_file": STATS_FILE,
+                             "stats_sha256": sha256_file(shipped)}  # fmt: skip
     manifest = build_manifest(model, **fields)
     text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
     (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
@@ -205,6 +227,8 @@ def write_bundle(
     metrics: Mapping[str, Any] | None = None,
     calibrated_on: str | None = None,
     overwrite: bool = False,
+    scoring: Mapping[str, Any] | None = None,
+    stats_path: Path | str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/{model.onnx, manifest.json}`` atomically; return the manifest.
 
@@ -225,11 +249,12 @@ def write_bundle(
         mlflow_model_uri=mlflow_model_uri,
         metrics=metrics,
         calibrated_on=calibrated_on,
+        scoring=dict(scoring or {"rule": SCORE_NAME}),
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is served to devices
-        manifest = _assemble(tmp, Path(onnx_path), fields)
+        manifest = _assemble(tmp, Path(onnx_path), fields, Path(stats_path) if stats_path else None)
         if out_dir.exists() and not overwrite:
             raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
         swap_dir_into_place(tmp, out_dir)

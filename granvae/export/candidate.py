@@ -28,7 +28,8 @@ from granvae.export.quantize import compare_quantized, int8_acceptable, quantize
 from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
-from granvae.scoring import InspectionHead
+from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig
+from granvae.scoring.stats import STATS_FILE
 from granvae.train import MODEL_DIR
 
 __all__ = ["ExportResult", "export_candidate", "gate_parity", "onnx_metadata"]
@@ -107,6 +108,22 @@ def _try_int8(
     return comparison, int8, recal
 
 
+def _scoring_block(scoring: ScoringConfig, stats: ScoreStats | None) -> dict[str, Any]:
+    """The manifest's ``scoring`` block: the rule, its shape and a summary of the statistics
+    (the full arrays ship as score_stats.npz; they are also constants of the graph)."""
+    block: dict[str, Any] = {
+        "rule": scoring.rule, "smooth_sigma": scoring.smooth_sigma, "topk_frac": scoring.topk_frac,
+    }  # fmt: skip
+    if stats is not None:
+        block["normalization"] = {
+            "fitted_on": "training images (good)",
+            "pixel_std_median": float(np.median(stats.pixel_std)),
+            "fusion_mean": [float(v) for v in stats.fusion_mean],
+            "fusion_std": [float(v) for v in stats.fusion_std],
+        }
+    return block
+
+
 def export_candidate(
     candidate_dir: Path | str,
     out_dir: Path | str,
@@ -142,7 +159,12 @@ def export_candidate(
     cfg = model.config
     info = {**dict(candidate or {}), "latent_dim": cfg.latent_dim, "precision": "fp32"}
     group_list = _resolve_groups(info, cfg.latent_dim, groups)
-    head = InspectionHead(model, group_list).eval()
+    scoring = ScoringConfig.load(candidate_dir) or ScoringConfig(rule="neg_elbo")
+    stats_path = Path(candidate_dir) / STATS_FILE
+    stats = ScoreStats.load(candidate_dir) if stats_path.exists() else None
+    head = InspectionHead(
+        model, group_list, scoring.rule, stats, scoring.smooth_sigma, scoring.topk_frac
+    ).eval()
     thr = _as_threshold(threshold)
     val = as_nhwc(val_images, cfg.image_size, cfg.in_channels)
     if int8 and (test_images is None or test_labels is None):
@@ -166,6 +188,8 @@ def export_candidate(
             out_dir, shipped, groups=group_list, threshold=ship_thr, class_names=class_names,
             candidate=info, data_version=data_version, mlflow_model_uri=mlflow_model_uri,
             metrics=metrics, calibrated_on=calibrated_on, overwrite=overwrite,
+            scoring=_scoring_block(scoring, stats),
+            stats_path=stats_path if stats is not None else None,
         )  # fmt: skip
     return ExportResult(
         bundle_dir=out_dir,

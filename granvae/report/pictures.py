@@ -20,7 +20,7 @@ from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
 from granvae.report.plots import new_figure
 from granvae.report.tables import SweepView
-from granvae.scoring import InspectionHead, score_images
+from granvae.scoring import InspectionHead, load_head, score_images
 
 TRAVERSAL_SPAN = 2.5
 TRAVERSAL_STEPS = 8
@@ -43,12 +43,10 @@ def load_candidate(view: SweepView, candidate_id: str) -> LoadedCandidate:
     """Rebuild model, groups and inspection head exactly as evaluate.py scored them."""
     row = view.row(candidate_id)
     cdir = view.candidate_dir(candidate_id)
-    model = FactorizedVAE.load(cdir / "model").eval()
-    groups = make_groups(model.config.latent_dim, int(row["granularity"]))
-    score = view.sweep.get("settings", {}).get("evaluation", {}).get("score", "neg_elbo")
+    head = load_head(cdir, int(row["granularity"]))  # the rule and statistics it was scored with
+    model, groups = head.model, make_groups(head.model.config.latent_dim, int(row["granularity"]))
     thr_file = cdir / "threshold.json"
     threshold = json.loads(thr_file.read_text())["value"] if thr_file.exists() else None
-    head = InspectionHead(model, groups, score=score)
     return LoadedCandidate(
         candidate_id, int(row["granularity"]), float(row["beta"]), model, groups, head, threshold
     )

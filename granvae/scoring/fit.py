@@ -1,0 +1,109 @@
+"""Fit a head's good-image statistics, and rebuild a candidate's head from its folder.
+
+Order matters: the residual and latent moments come first, because the fusion
+standardises components that are themselves computed with those moments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from granvae.models import FactorizedVAE
+from granvae.objectives import make_groups
+from granvae.scoring.head import FUSION_PARTS, RULES, InspectionHead, _Pass
+from granvae.scoring.stats import (
+    MAX_FIT_IMAGES,
+    ScoreStats,
+    ScoringConfig,
+    component_moments,
+    latent_moments,
+    residual_moments,
+)
+
+__all__ = ["build_head", "fit_head", "load_head", "save_head_scoring"]
+
+
+@torch.no_grad()
+def _passes(head: InspectionHead, images: np.ndarray, batch_size: int = 256):
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        yield _Pass(head, batch.permute(0, 2, 3, 1))
+
+
+@torch.no_grad()
+def fit_head(
+    head: InspectionHead, good_images: np.ndarray, rng: np.random.Generator | None = None
+) -> ScoreStats:
+    """Fill ``head``'s statistics from uint8 NCHW good images (at most MAX_FIT_IMAGES)."""
+    if len(good_images) < 2:
+        raise ValueError(f"need >= 2 good images to fit score statistics, got {len(good_images)}")
+    if len(good_images) > MAX_FIT_IMAGES:
+        rng = rng or np.random.default_rng(0)
+        keep = np.sort(rng.choice(len(good_images), MAX_FIT_IMAGES, replace=False))
+        good_images = good_images[keep]
+    head = head.cpu().eval()
+    residuals, codes = [], []
+    for p in _passes(head, good_images):
+        residuals.append(p.residual().numpy())
+        codes.append(p.mu.numpy())
+    pixel_mean, pixel_std = residual_moments(np.concatenate(residuals))
+    latent_mean, latent_precision = latent_moments(np.concatenate(codes))
+    n_parts = len(FUSION_PARTS)
+    partial = ScoreStats(
+        pixel_mean, pixel_std, latent_mean, latent_precision,
+        np.zeros(n_parts, np.float32), np.ones(n_parts, np.float32),
+    )  # fmt: skip
+    head.set_stats(partial)
+    parts = [
+        torch.stack([RULES[name][0](p) for name in FUSION_PARTS], dim=1).numpy()
+        for p in _passes(head, good_images)
+    ]
+    fusion_mean, fusion_std = component_moments(np.concatenate(parts))
+    stats = ScoreStats(
+        pixel_mean, pixel_std, latent_mean, latent_precision, fusion_mean, fusion_std
+    )
+    head.set_stats(stats)
+    return stats
+
+
+def build_head(
+    model: FactorizedVAE,
+    groups: list[list[int]],
+    rule: str,
+    train_images: np.ndarray,
+    smooth_sigma: float = 2.0,
+    topk_frac: float = 0.01,
+) -> InspectionHead:
+    """The head a candidate is evaluated and shipped with: statistics fitted on its own
+    training images whatever the rule, so any rule can be looked at later from the folder."""
+    head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
+    fit_head(head, train_images)
+    head.score_kind = rule
+    return head
+
+
+def save_head_scoring(head: InspectionHead, directory: Path | str) -> None:
+    """scoring.json (+ score_stats.npz when fitted) beside the candidate's model."""
+    head.config.save(directory)
+    if head.stats_fitted:
+        head.stats().save(directory)
+
+
+def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = None):
+    """The head a candidate was evaluated with: model, groups, rule and statistics.
+
+    ``rule`` overrides the saved rule (any rule whose statistics are saved works), so a
+    report or a benchmark can look at one model through several rules.
+    """
+    candidate_dir = Path(candidate_dir)
+    model = FactorizedVAE.load(candidate_dir / "model").eval()
+    groups = make_groups(model.config.latent_dim, granularity)
+    saved = ScoringConfig.load(candidate_dir) or ScoringConfig(rule="neg_elbo")
+    stats = ScoreStats.load(candidate_dir) if (candidate_dir / "score_stats.npz").exists() else None
+    return InspectionHead(
+        model, groups, score=rule or saved.rule, stats=stats,
+        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac,
+    )  # fmt: skip
