@@ -39,7 +39,9 @@ def _sweep_span(api: str, flow_started: float) -> float:
     return max(r.end_time.timestamp() for r in runs) - min(r.start_time.timestamp() for r in runs)
 
 
-def run_on_stack(state: StackState, profile: str, scratch: Path) -> dict[str, Any]:
+def run_on_stack(
+    state: StackState, profile: str, scratch: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
     """Deploy + run once; returns total and sweep seconds and the final state's name."""
     from prefect import get_client
     from prefect.deployments import run_deployment
@@ -48,7 +50,7 @@ def run_on_stack(state: StackState, profile: str, scratch: Path) -> dict[str, An
     from pipelines.deployment import deploy_retrain
 
     overrides = {"pipeline": {"data_repo": str(scratch / "stack-data-repo"),
-                              "work_dir": str(scratch / "stack-work")}}  # fmt: skip
+                              "work_dir": str(scratch / "stack-work")}, **extra}  # fmt: skip
     dep = deploy_retrain(state, ROOT / "params.yaml", profile=profile, extra=overrides)
     started = time.time()
     with temporary_settings({PREFECT_API_URL: state.prefect_api}):
@@ -63,7 +65,9 @@ def run_on_stack(state: StackState, profile: str, scratch: Path) -> dict[str, An
             "state": final.name}  # fmt: skip
 
 
-def stack_benchmark(profile: str, scratch: Path, stack_root: Path | None) -> dict[str, Any]:
+def stack_benchmark(
+    profile: str, scratch: Path, stack_root: Path | None, extra: dict[str, Any]
+) -> dict[str, Any]:
     """A fresh stack (stopped afterwards) unless `stack_root` holds a running one."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "granvae-bench")  # only the local moto S3
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "granvae-bench")
@@ -71,14 +75,14 @@ def stack_benchmark(profile: str, scratch: Path, stack_root: Path | None) -> dic
         state = load_state(stack_root)
         if state is None:
             raise SystemExit(f"{stack_root}: no stack there (granvae stack up --root ...)")
-        return {**run_on_stack(state, profile, scratch), "startup": 0.0}
+        return {**run_on_stack(state, profile, scratch, extra), "startup": 0.0}
     folder = Path(tempfile.mkdtemp(prefix="granvae-bench-stack-", dir="/tmp"))
     os.chmod(folder, 0o711)  # the postgres user must enter it
     try:
         t0 = time.time()
         state = up(StackSettings(root=folder / "stack", project=ROOT))
         startup = time.time() - t0
-        return {**run_on_stack(state, profile, scratch), "startup": startup}
+        return {**run_on_stack(state, profile, scratch, extra), "startup": startup}
     finally:
         down(folder / "stack")
         shutil.rmtree(folder, ignore_errors=True)
