@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean reliability
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# Re-run tests/reliability and the serve benchmark; rewrites docs/reliability.md.
+reliability: $(STAMP)
+	$(PY) benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -88,27 +88,35 @@ def group_matrix(groups: list[list[int]], latent_dim: int, like: torch.Tensor) -
 
 
 def log_importance_weights(batch: int, dataset_size: int, estimator: str, like: torch.Tensor):
-    """(B, B) log weights w_ij of sample j when estimating q(z_i).
+    """(B, B) log weights w_ij of sample j when estimating q(z_i); every row sums to one.
 
     mws: minibatch weighted sampling, 1 / B everywhere. Chen et al. write
     1 / (N B); that extra 1/N is a constant that leaves every gradient alone but
     shifts each log q(z_S) by -log N, so the *reported* TC would be off by
-    (D - 1) log N nats. Weights that sum to one make the estimate consistent:
-    it converges to the true TC as B grows (tests/test_objectives.py).
-    mss: minibatch stratified sampling (Chen et al. 2018, appendix C.2), as in
-    their reference code: 1/N on the diagonal, (N - M) / (N M) just below it,
-    1/M elsewhere, M = B - 1 (rows sum to one).
+    (D - 1) log N nats. Weights that sum to one make the estimate exact when the
+    batch is the whole data set (B = N) and consistent as B grows.
+    mss: minibatch stratified sampling (Chen et al. 2018, appendix C.2): sample
+    i's own posterior gets 1/N (the diagonal), one other sample (i - 1, the
+    last one for row 0) stands for the N - B data points outside the batch and
+    gets (N - M) / (N M), the rest get 1/M, M = B - 1. Then E[q_hat(z_i)] =
+    q(z_i) exactly when the batch is a uniform draw from the data set
+    (tests/test_estimators_exact.py). The reference code wrote the diagonal as
+    `view(-1)[::M + 1]`, a stride of B, which fills column 0 instead; that
+    estimator is almost MWS and does not sum to one per row.
     """
     if batch < 2:
         raise ValueError("the aggregate-posterior estimators need a batch of at least 2")
     if estimator == "mws":
         return torch.full((batch, batch), -math.log(batch), dtype=like.dtype, device=like.device)
+    if estimator != "mss":
+        raise ValueError(f"estimator must be 'mws' or 'mss', got {estimator!r}")
     n, m = dataset_size, batch - 1
+    if n < batch:
+        raise ValueError(f"mss needs dataset_size >= batch, got {n} < {batch}")
     w = torch.full((batch, batch), 1.0 / m, dtype=like.dtype, device=like.device)
-    flat = w.view(-1)
-    flat[:: m + 1] = 1.0 / n
-    flat[1 :: m + 1] = (n - m) / (n * m)
-    w[m - 1, 0] = (n - m) / (n * m)
+    rows = torch.arange(batch, device=like.device)
+    w[rows, rows] = 1.0 / n
+    w[rows, (rows - 1) % batch] = (n - m) / (n * m)
     return w.log()
 
 
@@ -142,6 +150,45 @@ def aggregate_log_densities(
     }
 
 
+def exact_log_densities(
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    groups: list[list[int]],
+    chunk: int = 256,
+) -> dict[str, torch.Tensor]:
+    """aggregate_log_densities' keys with q(z_S) summed over ALL N posteriors, not a batch.
+
+    For a held-out set of a few thousand images this is affordable (O(N^2 D),
+    `chunk` rows at a time, so memory is chunk x N x D) and it removes the
+    estimators' bias and their dependence on the batch size (docs/estimators.md).
+    """
+    n, d = z.shape
+    gm = group_matrix(groups, d, z)
+    log_n = math.log(n)
+    parts: dict[str, list[torch.Tensor]] = {"log_qz": [], "log_qz_groups": [], "log_qz_dims": []}
+    for start in range(0, n, chunk):
+        zc = z[start : start + chunk]
+        mat = log_normal(zc.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))  # (c, N, D)
+        parts["log_qz"].append(torch.logsumexp(mat.sum(2), dim=1) - log_n)
+        parts["log_qz_groups"].append((torch.logsumexp(mat @ gm, dim=1) - log_n).sum(1))
+        parts["log_qz_dims"].append((torch.logsumexp(mat, dim=1) - log_n).sum(1))
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    out["log_qz_x"] = log_normal(z, mu, logvar).sum(1)
+    out["log_pz"] = log_standard_normal(z).sum(1)
+    return out
+
+
+def decomposition_from_densities(dens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mi, tc, tc_between, group_kl (batch means) from per-sample log densities."""
+    return {
+        "mi": (dens["log_qz_x"] - dens["log_qz"]).mean(),
+        "tc": (dens["log_qz"] - dens["log_qz_dims"]).mean(),
+        "tc_between": (dens["log_qz"] - dens["log_qz_groups"]).mean(),
+        "group_kl": (dens["log_qz_groups"] - dens["log_pz"]).mean(),
+    }
+
+
 def compute_terms(
     x: torch.Tensor,
     out: VAEOutput,
@@ -157,10 +204,8 @@ def compute_terms(
     groups = make_groups(model_cfg.latent_dim, g)
     z, mu, logvar = out.z.float(), out.mu.float(), out.logvar.float()  # bf16 is too coarse here
     dens = aggregate_log_densities(z, mu, logvar, groups, dataset_size, cfg.estimator)
-    mi = (dens["log_qz_x"] - dens["log_qz"]).mean()
-    tc = (dens["log_qz"] - dens["log_qz_dims"]).mean()
-    tc_between = (dens["log_qz"] - dens["log_qz_groups"]).mean()
-    group_kl = (dens["log_qz_groups"] - dens["log_pz"]).mean()
+    terms = decomposition_from_densities(dens)
+    mi, tc, tc_between, group_kl = (terms[k] for k in ("mi", "tc", "tc_between", "group_kl"))
     elbo = -(recon + kl)
     if alpha == beta == gamma:
         # One weight on the whole KL: use the analytic KL, exact and noise-free.

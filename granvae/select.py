@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from granvae.metrics.seeds import aggregate_rows
+
 Op = Literal[">=", "<=", ">", "<", "=="]
 _OPS = {
     ">=": lambda a, b: a >= b,
@@ -29,6 +31,7 @@ _OPS = {
     "<": lambda a, b: a < b,
     "==": lambda a, b: a == b,
 }
+SEED_METRICS = ("recall_at_far", "image_auroc", "elbo")  # pooled over seeds in the decision
 DECISION_CSV = "decision.csv"
 DECISION_MD = "decision.md"
 
@@ -115,6 +118,7 @@ class Decision:
     why: str
     gates: list[str] = field(default_factory=list)
     policy: dict[str, Any] = field(default_factory=dict)
+    by_config: list[dict[str, Any]] = field(default_factory=list)  # seeds pooled per config
 
     def row(self, candidate_id: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["candidate_id"] == candidate_id)
@@ -307,7 +311,8 @@ def select(rows: list[dict[str, Any]], policy: SelectionPolicy | None = None) ->
     if isinstance(ranking, Lexicographic):
         _add_intervals(table, rows, ranking, ranked)
     why += f" ({len(survivors)} of {len(rows)} candidates passed the gates)"
-    return Decision(table, ranked[0][0], why, labels, dump)
+    by_config = aggregate_rows(rows, [m for m in SEED_METRICS if any(m in r for r in rows)])
+    return Decision(table, ranked[0][0], why, labels, dump, by_config)
 
 
 def _add_intervals(table: list[dict], rows: list[dict], ranking: Lexicographic, ranked) -> None:
@@ -336,7 +341,21 @@ def decision_markdown(decision: Decision) -> str:
         if row["candidate_id"] == decision.winner:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _seed_table(decision.by_config)) + "\n"
+
+
+def _seed_table(by_config: list[dict[str, Any]]) -> list[str]:
+    """Mean and 95% t interval over seeds per configuration, when any has several seeds."""
+    if not any(c.get("n_seeds", 0) > 1 for c in by_config):
+        return []
+    metrics = [m for m in SEED_METRICS if f"{m}_mean" in by_config[0]]
+    lines = ["", "Per configuration over seeds (mean [95% interval]):", "",
+             "| config | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (2 + len(metrics))]
+    for c in by_config:
+        cells = [f"{_fmt(c[f'{m}_mean'])} [{_fmt(c[f'{m}_ci_low'])}, {_fmt(c[f'{m}_ci_high'])}]"
+                 for m in metrics]  # fmt: skip
+        lines.append(f"| {c['config_id']} | {c['n_seeds']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _csv_value(value: Any) -> Any:

@@ -27,6 +27,7 @@ from granvae.config import Settings, SweepConfig
 from granvae.data import load_dataset
 from granvae.data.store import read_manifest
 from granvae.evaluate import evaluate_candidate, read_evaluation
+from granvae.metrics.seeds import aggregate_rows
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig, resolve_weights
 from granvae.train import TrainConfig, pick_device, train
@@ -34,6 +35,8 @@ from granvae.train import TrainConfig, pick_device, train
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+BY_CONFIG_CSV = "results_by_config.csv"
+BY_CONFIG_JSON = "results_by_config.json"
 CANDIDATES = "candidates"
 
 
@@ -248,16 +251,36 @@ def run_sweep(
     return rows
 
 
-def write_results(rows: list[dict], out_dir: Path) -> pd.DataFrame:
-    table = pd.DataFrame(rows)
-    table.to_csv(out_dir / RESULTS_CSV, index=False)
+def _json_rows(rows: list[dict]) -> str:
+    """JSON has no NaN: missing numbers become null."""
     clean = [
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
         for r in rows
     ]
-    (out_dir / RESULTS_JSON).write_text(json.dumps(clean, indent=2))
+    return json.dumps(clean, indent=2)
+
+
+def write_results(rows: list[dict], out_dir: Path) -> pd.DataFrame:
+    """results.csv/.json (one row per candidate) and results_by_config.csv/.json.
+
+    The by-config table is metrics.seeds.aggregate_rows: per configuration
+    (every candidate key but the seed) the mean and 95% t interval of each
+    metric over the seeds that finished; in the CSV the seed list is "0;1;2".
+    """
+    table = pd.DataFrame(rows)
+    table.to_csv(out_dir / RESULTS_CSV, index=False)
+    (out_dir / RESULTS_JSON).write_text(_json_rows(rows))
+    by_config = aggregate_rows(rows)
+    (out_dir / BY_CONFIG_JSON).write_text(_json_rows(by_config))
+    flat = [{**a, "seeds": ";".join(map(str, a["seeds"]))} for a in by_config]
+    pd.DataFrame(flat).to_csv(out_dir / BY_CONFIG_CSV, index=False)
     return table
 
 
 def read_results(sweep_dir: Path | str) -> pd.DataFrame:
     return pd.read_csv(Path(sweep_dir) / RESULTS_CSV)
+
+
+def read_results_by_config(sweep_dir: Path | str) -> list[dict]:
+    """The per-configuration means and intervals write_results stored (JSON: seeds as a list)."""
+    return json.loads((Path(sweep_dir) / BY_CONFIG_JSON).read_text())

@@ -70,6 +70,18 @@ def test_pull_by_version_from_env_replaces_an_existing_bundle(
     assert load_bundle(out).threshold == 2.5
 
 
+def test_pull_refuses_an_out_folder_holding_user_files(mlflow_server, registered, tmp_path):
+    name, _, _ = registered
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    result = run_cli("pull", "--model-uri", f"models:/{name}@champion", "--out", str(out),
+                     "--tracking-uri", mlflow_server)  # fmt: skip
+    assert result.returncode == 1 and "not a bundle" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_pull_errors_are_clear(mlflow_server, registered, tmp_path):
     name, _, _ = registered
     with pytest.raises(PullError, match="alias nope not found"):
@@ -82,13 +94,16 @@ def test_pull_errors_are_clear(mlflow_server, registered, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_local_artifact_uri_is_copied(tmp_path):
+def test_local_artifact_uri_is_copied_only_when_allowed(tmp_path):
     source = make_bundle(tmp_path / "src")
     client = RestClient("http://127.0.0.1:9")  # never contacted for local URIs
     for uri in (source.as_uri(), str(source)):
         dest = tmp_path / f"dest{len(list(tmp_path.iterdir()))}"
         dest.mkdir()
-        fetch_artifacts(client, uri, dest)
+        with pytest.raises(PullError, match="local path; refusing it"):
+            fetch_artifacts(client, uri, dest)
+        assert list(dest.iterdir()) == []
+        fetch_artifacts(client, uri, dest, allow_local=True)
         assert load_bundle(dest).model_sha256 == sha256_file(source / "model.onnx")
     with pytest.raises(PullError, match="scheme 's3'"):
         fetch_artifacts(client, "s3://bucket/bundle", tmp_path)

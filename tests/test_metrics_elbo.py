@@ -104,6 +104,24 @@ def test_iwae_bounds_the_elbo_and_grows_with_k(model, held_out) -> None:
     assert compute_iwae(iwae[50], 50) == {"iwae_elbo": means[50], "iwae_k": 50.0}
 
 
+def test_iwae_bounds_the_elbo_per_image_on_the_same_images(model, held_out) -> None:
+    """Per image, over 16 seeds: E[IWAE_20] >= E[ELBO] and E[IWAE_1] = E[ELBO] (IWAE with
+    k = 1 is the ELBO estimator with a Monte-Carlo KL). Tolerance: 4 standard errors of
+    each image's own seed-to-seed spread."""
+    seeds = range(16)
+    elbo = np.stack([elbo_terms(model, held_out, rng_seed=s)["elbo"] for s in seeds])
+    gaps = {
+        k: np.stack([iwae_bound(model, held_out, k=k, seed=100 + s) for s in seeds]) - elbo
+        for k in (1, 20)
+    }
+    se = {k: g.std(0, ddof=1) / np.sqrt(len(seeds)) for k, g in gaps.items()}
+    mean = {k: g.mean(0) for k, g in gaps.items()}
+    assert elbo.shape == gaps[1].shape == (len(seeds), len(held_out))
+    assert np.all(np.abs(mean[1]) <= 4 * se[1])
+    assert np.all(mean[20] >= -4 * se[20])
+    assert mean[20].mean() > 4 * np.sqrt((se[20] ** 2).sum()) / len(held_out)  # tighter on average
+
+
 def test_decomposition_terms_sum_to_the_kl(model, held_out) -> None:
     kl = compute_elbo(elbo_terms(model, held_out))["kl"]
     sums = []

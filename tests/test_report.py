@@ -176,3 +176,31 @@ def test_heatmaps_draw_negative_gaussian_nll_maps() -> None:
     shown = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "inferno"]
     lo, hi = shown[0].get_clim()
     assert lo < hi <= -1.9
+
+
+def _seeded_table(best_g: dict[float, int], noise: float, seeds: int = 3) -> pd.DataFrame:
+    """ELBO = -100 - 5 |g - best_g(beta)| + a seed effect shared by every g + small noise."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for beta, best in best_g.items():
+        for g in (1, 2, 4, 8):
+            for s in range(seeds):
+                elbo = -100.0 - 5.0 * abs(g - best) - 10.0 * s + noise * rng.standard_normal()
+                rows.append(_row(g, beta, elbo, seed=s))
+    return pd.DataFrame(rows)
+
+
+def test_the_trajectory_is_called_a_v_only_when_the_intervals_show_one() -> None:
+    from granvae.report.intervals import v_verdict
+
+    dip = {1.0: 8, 4.0: 1, 16.0: 8}  # best g falls to 1 at beta=4 and rises again
+    shows, text = v_verdict(_seeded_table(dip, noise=0.2))
+    assert shows and text.startswith("The intervals show a V") and "β=4: best g=1" in text
+    # The same means with seed noise larger than the g effect: every g is tied, no V.
+    shows, text = v_verdict(_seeded_table(dip, noise=20.0))
+    assert not shows and "do not show a V" in text
+    # One seed per configuration: the best g moves, but nothing is shown.
+    shows, text = v_verdict(_seeded_table(dip, noise=0.2, seeds=1))
+    assert not shows and "(tied: [1, 2, 4, 8])" in text
+    shows, text = v_verdict(_seeded_table({1.0: 1, 4.0: 8, 16.0: 1}, noise=0.2))
+    assert not shows and "inverted V" in text

@@ -9,7 +9,14 @@ import pytest
 from pydantic import ValidationError
 from sweep_fixtures import candidate_row
 
-from granvae.select import Decision, Gate, SelectionPolicy, select, write_decision
+from granvae.select import (
+    Decision,
+    Gate,
+    SelectionPolicy,
+    decision_markdown,
+    select,
+    write_decision,
+)
 
 
 def _policy(**overrides) -> SelectionPolicy:
@@ -160,3 +167,22 @@ def test_equal_elbo_in_a_tie_goes_to_the_simpler_model():
         _with_interval(candidate_row(2, 0.79, -100.0), 0.7, 0.9, latent_dim=8),
     ]
     assert select(rows, _policy()).winner == "g2-b4-d4-s0"
+
+
+def test_decision_pools_seeds_per_configuration_with_intervals():
+    """2 configurations x 3 seeds: the decision table shows each configuration's mean and
+    95% interval over its seeds, beside the per-candidate rows."""
+    draws = [(0.0, -100.0), (0.02, -101.0), (-0.02, -99.0)]
+    rows = [
+        candidate_row(g, base + d, elbo, seed=s)
+        for g, base in ((1, 0.60), (2, 0.80))
+        for s, (d, elbo) in enumerate(draws)
+    ]
+    decision = select(rows, _policy())
+    by_id = {c["config_id"]: c for c in decision.by_config}
+    assert by_id["g2-b4-d4"]["n_seeds"] == 3
+    assert by_id["g2-b4-d4"]["recall_at_far_mean"] == pytest.approx(0.80)
+    lo, hi = by_id["g2-b4-d4"]["recall_at_far_ci_low"], by_id["g2-b4-d4"]["recall_at_far_ci_high"]
+    assert lo < 0.80 < hi and hi - lo == pytest.approx(2 * 4.303 * 0.02 / 3**0.5, rel=1e-3)
+    md = decision_markdown(decision)
+    assert "Per configuration over seeds" in md and "| g2-b4-d4 | 3 |" in md

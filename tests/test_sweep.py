@@ -1,22 +1,28 @@
-"""A short real sweep: the table, every candidate's files, a broken candidate recorded as failed."""
+"""A short real sweep (2 configurations x 3 seeds, plus a broken one): the tables, every
+candidate's files, failures recorded, and the seed means and intervals in results and report.
+"""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from granvae.config import SweepConfig, load_settings
 from granvae.data import generate, write_dataset
 from granvae.models import ModelConfig
-from granvae.sweep import candidate_grid, divisors, run_sweep
+from granvae.report import build_report
+from granvae.report.intervals import interval_text
+from granvae.sweep import candidate_grid, divisors, read_results_by_config, run_sweep
 
 TINY = {
     "model": {"arch": "conv", "latent_dim": 4, "hidden": 32},
     "train": {"epochs": 1, "batch_size": 32},
-    "sweep": {"granularities": [1, 2, 99], "betas": [2.0], "workers": 2},
+    "sweep": {"granularities": [1, 2, 99], "betas": [2.0], "seeds": [0, 1, 2], "workers": 2},
     "evaluation": {
         "iwae_k": 2,
         "iwae_images": 16,
@@ -48,9 +54,9 @@ def test_grid_defaults_to_divisors_of_d() -> None:
 def test_sweep_writes_table_and_candidate_files(sweep) -> None:
     root, rows = sweep
     table = pd.read_csv(root / "sweep" / "results.csv")
-    assert list(table["candidate_id"]) == ["g1-b2-d4-s0", "g2-b2-d4-s0", "g99-b2-d4-s0"]
+    assert list(table["candidate_id"]) == [f"g{g}-b2-d4-s{s}" for g in (1, 2, 99) for s in range(3)]
     ok = table[table["status"] == "finished"]
-    assert len(ok) == 2
+    assert len(ok) == 6
     for column in (
         "elbo",
         "iwae_elbo",
@@ -82,14 +88,17 @@ def test_sweep_writes_table_and_candidate_files(sweep) -> None:
 
 def test_broken_candidate_is_failed_and_others_finish(sweep) -> None:
     _, rows = sweep
-    bad = next(r for r in rows if r["candidate_id"] == "g99-b2-d4-s0")
-    assert bad["status"] == "failed" and "granularity 99 exceeds latent_dim 4" in bad["reason"]
-    assert all(r["status"] == "finished" for r in rows if r is not bad)
+    bad = [r for r in rows if r["granularity"] == 99]
+    assert len(bad) == 3
+    for r in bad:
+        assert r["status"] == "failed" and "granularity 99 exceeds latent_dim 4" in r["reason"]
+    assert all(r["status"] == "finished" for r in rows if r["granularity"] != 99)
 
 
 def test_g1_differs_from_g2_under_beta_above_one(sweep) -> None:
     _, rows = sweep
-    g1, g2 = rows[0], rows[1]
+    by_id = {r["candidate_id"]: r for r in rows}
+    g1, g2 = by_id["g1-b2-d4-s0"], by_id["g2-b2-d4-s0"]
     assert g1["tc_between"] != pytest.approx(g2["tc_between"])
     assert not math.isnan(g1["elbo"]) and g1["elbo"] < 0
 
@@ -101,3 +110,31 @@ def test_rerun_resumes_without_retraining(sweep) -> None:
     again = run_sweep(load_settings(None, TINY), root / "data", root / "sweep", progress=False)
     assert (cdir / "evaluation.json").stat().st_mtime_ns == stamp
     assert again[0]["elbo"] == pytest.approx(rows[0]["elbo"])
+
+
+def test_two_configurations_by_three_seeds_give_means_and_intervals(sweep) -> None:
+    """results_by_config holds the seed mean and t interval; the report shows the same."""
+    root, rows = sweep
+    by_config = {a["config_id"]: a for a in read_results_by_config(root / "sweep")}
+    assert set(by_config) == {"g1-b2-d4", "g2-b2-d4", "g99-b2-d4"}
+    for g in (1, 2):
+        a = by_config[f"g{g}-b2-d4"]
+        elbos = [r["elbo"] for r in rows if r["granularity"] == g]
+        assert a["seeds"] == [0, 1, 2] and a["n_failed"] == 0
+        assert a["elbo_mean"] == pytest.approx(sum(elbos) / 3)
+        half = stats.t.ppf(0.975, 2) * stats.tstd(elbos) / math.sqrt(3)
+        assert (a["elbo_ci_low"], a["elbo_ci_high"]) == pytest.approx(
+            (a["elbo_mean"] - half, a["elbo_mean"] + half)
+        )
+        assert a["elbo_ci_low"] < a["elbo_ci_high"]  # three seeds, three different ELBOs
+    assert by_config["g99-b2-d4"]["n_seeds"] == 0 and by_config["g99-b2-d4"]["n_failed"] == 3
+    csv = pd.read_csv(root / "sweep" / "results_by_config.csv").set_index("config_id")
+    assert csv.loc["g1-b2-d4", "seeds"] == "0;1;2"
+    # The report (pictures skipped: no data set) carries the same intervals and the paired test.
+    page = build_report(root / "sweep", data_dir=root / "no-data").read_text()
+    assert "Mean and 95% interval per configuration" in page
+    a = by_config["g2-b2-d4"]
+    text = interval_text(a["elbo_mean"], a["elbo_ci_low"], a["elbo_ci_high"])
+    assert html.escape(text) in page
+    assert "each g minus g=1, same seeds" in page
+    assert "no V to show" in page and "The intervals show a V" not in page  # one capacity

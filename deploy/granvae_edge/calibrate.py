@@ -137,7 +137,11 @@ def write_revision(bundle_dir: Path, updated: dict[str, Any]) -> Path:
         raise CalibrationError("refusing to write a revision for a different model")
     keep = bundle_dir / revision_file_name(int(current["revision"]))
     tmp = keep.with_name(f".{keep.name}.tmp")
-    shutil.copyfile(bundle_dir / MANIFEST_FILE, tmp)
-    tmp.replace(keep)
+    try:
+        shutil.copyfile(bundle_dir / MANIFEST_FILE, tmp)
+        tmp.replace(keep)
+    except BaseException:  # disk full mid-copy: no half file left in the bundle folder
+        tmp.unlink(missing_ok=True)
+        raise
     write_json_atomic(bundle_dir / MANIFEST_FILE, updated)
     return keep

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,14 +66,19 @@ def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: s
         return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
     line: dict[str, Any] = {"path": str(path), **verdict.to_json()}
     if heat_dir is not None:
-        out = heatmap.write_overlay(_heatmap_path(heat_dir, path, used), arr, verdict.anomaly_map)
-        line["heatmap"] = str(out)
+        target = _heatmap_path(heat_dir, path, used)
+        try:
+            line["heatmap"] = str(heatmap.write_overlay(target, arr, verdict.anomaly_map))
+        except (OSError, ValueError) as exc:  # disk full, read-only folder, ...: this item only
+            line["heatmap_error"] = f"cannot write {target}: {getattr(exc, 'strerror', 0) or exc}"
     return line
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     try:
-        inspector = Inspector(args.bundle, intra_op_threads=args.threads)
+        inspector = Inspector(
+            args.bundle, intra_op_threads=args.threads, max_pixels=args.max_pixels
+        )
     except Exception as exc:
         return _fail(f"cannot load bundle {args.bundle}: {exc}", 2)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
@@ -79,7 +86,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     errors = 0
     for path in preprocess.list_images(args.paths):
         line = _score_path(inspector, path, heat_dir, used)
-        errors += "error" in line
+        errors += "error" in line or "heatmap_error" in line
         _emit(line)
     return 1 if errors else 0
 
@@ -129,30 +136,54 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(_signo: int, _frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so pull's cleanup removes its half-written download."""
+    raise SystemExit(143)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from .pull import PullError, pull  # urllib machinery only when pulling
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        info = pull(args.model_uri, args.out, tracking_uri=args.tracking_uri, retries=args.retries)
+        info = pull(
+            args.model_uri, args.out, tracking_uri=args.tracking_uri, retries=args.retries,
+            max_bytes=args.max_bytes, allow_local=args.allow_local_artifacts,
+        )  # fmt: skip
     except (PullError, BundleError, OSError) as exc:
         return _fail(f"pull {args.model_uri} failed: {exc}")
+    except Exception as exc:  # last line of defence: one line, never a traceback
+        return _fail(f"pull {args.model_uri} failed: {type(exc).__name__}: {exc}")
     _emit(info)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import make_server, serve
+    from .server import ServerLimits, make_server, serve
 
     try:
+        limits = ServerLimits(
+            max_bytes=args.max_bytes, max_pixels=args.max_pixels, connections=args.connections,
+            inflight=args.inflight, queue=args.queue, request_timeout_s=args.request_timeout,
+        )  # fmt: skip
         server = make_server(
-            args.bundle, args.host, args.port, args.max_bytes, args.threads, args.verbose
-        )
+            args.bundle, args.host, args.port, intra_op_threads=args.threads,
+            verbose=args.verbose, limits=limits,
+        )  # fmt: skip
+    except ValueError as exc:  # a limit out of range
+        return _fail(f"bad serve option: {exc}", 2)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc}", 2)
     except Exception as exc:  # BundleError, or a model that fails its smoke inference
         return _fail(f"refusing to serve {args.bundle}: {exc}", 2)
     serve(server)
     return 0
+
+
+class ServerDefaults:
+    """Defaults shown in --help without importing the server module for every command."""
+
+    inflight = max(1, min(4, os.cpu_count() or 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--bundle", required=True)
     p.add_argument("--heatmaps", default=None, help="folder for PNG heatmap overlays")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="decoded pixels per image (default: from the model's input size)",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("calibrate", parents=[threads], help="re-tune the threshold on good images")
@@ -183,13 +220,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
     p.add_argument("--retries", type=int, default=4)
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=2 * 1024**3,
+        help="refuse a download larger than this in total (default 2 GiB)",
+    )
+    p.add_argument(
+        "--allow-local-artifacts",
+        action="store_true",
+        help="accept file:// artifact URIs from the server (off: only its HTTP proxy)",
+    )
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("serve", parents=[threads], help="HTTP scoring server")
     p.add_argument("--bundle", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024, help="request body cap")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="decoded pixels per image (default: from the model's input size)",
+    )
+    p.add_argument("--connections", type=int, default=64, help="open connections served")
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=ServerDefaults.inflight,
+        help="images decoded and scored at once",
+    )
+    p.add_argument("--queue", type=int, default=32, help="requests waiting for a turn; then 503")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to receive a whole request (line, headers, body)",
+    )
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
     return parser
@@ -197,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # `granvae-edge score ... | head`: the reader left; stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -64,8 +64,11 @@ class Inspector:
         bundle_dir: str | Path,
         intra_op_threads: int | None = None,
         smoke_test: bool = True,
+        max_pixels: int | None = None,
     ) -> None:
         self.bundle: Bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads)
+        # Decoded-pixel cap per input: what one request may cost in memory before resizing.
+        self.max_pixels = max_pixels or preprocess.default_max_pixels(self.spec)
         self.smoke_score: float | None = None
         if smoke_test:
             # A graph can load yet fail at run time (bad shapes inside); find out now.
@@ -86,9 +89,9 @@ class Inspector:
     def prepare(self, item: bytes | str | Path | np.ndarray) -> np.ndarray:
         """Bytes, a path or an array -> model array; raises preprocess.InputError."""
         if isinstance(item, bytes | bytearray | memoryview):
-            return preprocess.from_bytes(bytes(item), self.spec)
+            return preprocess.from_bytes(bytes(item), self.spec, self.max_pixels)
         if isinstance(item, str | Path):
-            return preprocess.from_path(item, self.spec)
+            return preprocess.from_path(item, self.spec, self.max_pixels)
         return self._checked_array(item)
 
     def _checked_array(self, arr: np.ndarray) -> np.ndarray:

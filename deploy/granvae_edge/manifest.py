@@ -8,6 +8,7 @@ with a KeyError. The schema mirrors docs/contracts.md "Edge bundle" (schema_vers
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -107,10 +108,38 @@ def _check_input(spec: dict[str, Any]) -> None:
         raise ManifestError(f"manifest field 'input.resize' must be one of {RESIZE_MODES}")
 
 
+def _non_finite_field(value: Any, prefix: str = "") -> str | None:
+    """Dotted path of the first NaN/Infinity in ``value``, or None.
+
+    Python's json module reads the non-standard tokens NaN and Infinity; a threshold of
+    +Infinity passes every defect and NaN rejects every part, so no number may be non-finite.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return prefix or "(top level)"
+    if isinstance(value, dict):
+        items = ((f"{prefix}.{k}" if prefix else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, child in items:
+        found = _non_finite_field(child, path)
+        if found:
+            return found
+    return None
+
+
 def validate_manifest(manifest: Any) -> dict[str, Any]:
-    """Check required keys and types; return the manifest unchanged so calls can chain."""
+    """Check required keys, types and finiteness; return the manifest so calls can chain.
+
+    Keys this runtime does not know (e.g. ``score.rule``, ``normalization``) are accepted: the
+    exporter may add provenance without breaking devices already in the field.
+    """
     if not isinstance(manifest, dict):
         raise ManifestError("manifest must be a JSON object")
+    bad = _non_finite_field(manifest)
+    if bad:
+        raise ManifestError(f"manifest field '{bad}' is not a finite number (NaN or Infinity)")
     _check_types(manifest, _TOP_LEVEL, "", required=True)
     if manifest["schema_version"] != SCHEMA_VERSION:
         raise ManifestError(
@@ -147,7 +176,12 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-    return validate_manifest(manifest)
+    except RecursionError:
+        raise ManifestError(f"{path} is nested too deeply to be a manifest") from None
+    try:
+        return validate_manifest(manifest)
+    except RecursionError:
+        raise ManifestError(f"{path} is nested too deeply to be a manifest") from None
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -15,15 +15,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
-# Large enough for any line camera, far below what would exhaust a small device's memory.
+# Never decode more than this, whatever the model (64 M pixels is ~64 MB of grey pixels).
 DEFAULT_MAX_PIXELS = 64_000_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+# The per-bundle default is this many times the model's input area, but at least
+# MIN_DEFAULT_PIXELS, so a 4096x4096 camera frame is accepted even for a 32x32 model.
+PIXELS_PER_MODEL_PIXEL = 64
+MIN_DEFAULT_PIXELS = 4096 * 4096
 
 # A truncated image must fail, never be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _GRAY_MODES = ("1", "L", "P")
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = {"LA": "L", "La": "L", "PA": "RGB", "RGBA": "RGB", "RGBa": "RGB"}
 
 
@@ -31,26 +34,57 @@ class InputError(ValueError):
     """One input cannot be turned into a model input; the message says why."""
 
 
+class TooLargeError(InputError):
+    """The image would decode to more pixels than allowed (HTTP 413, not 400)."""
+
+
+def default_max_pixels(spec: dict[str, Any]) -> int:
+    """Decoded-pixel cap for a model input spec (see PIXELS_PER_MODEL_PIXEL)."""
+    area = int(spec["height"]) * int(spec["width"])
+    return min(DEFAULT_MAX_PIXELS, max(MIN_DEFAULT_PIXELS, PIXELS_PER_MODEL_PIXEL * area))
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only; Pillow's own messages name a BytesIO object, ours name the cause."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise TooLargeError(f"image too large: more than {max_pixels} pixels") from None
+    except Image.UnidentifiedImageError:
+        raise InputError("not a decodable image: unknown or unsupported image format") from None
+    except Exception as exc:  # Pillow raises SyntaxError, struct.error, ... on bad headers
+        raise InputError(f"not a decodable image: bad header ({type(exc).__name__})") from None
+
+
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes with a pixel-count guard; raises InputError on anything bad."""
     if not data:
         raise InputError("empty input: no image bytes")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large: {exc}") from None
-    except Exception as exc:  # Pillow raises UnidentifiedImageError, SyntaxError, ...
-        raise InputError(f"not a decodable image: {exc}") from None
+    img = _open(data, max_pixels)
     width, height = img.size
     if width * height > max_pixels:
-        raise InputError(f"image too large: {width}x{height} pixels exceeds {max_pixels}")
+        raise TooLargeError(
+            f"image too large: {width}x{height} = {width * height} pixels exceeds {max_pixels}"
+        )
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        raise InputError(
+            f"image has {frames} pages/frames; send one image per input (which page is the part "
+            "is not guessed)"
+        )
     try:
         img.load()
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large: {exc}") from None
+    except Image.DecompressionBombError:
+        raise TooLargeError(f"image too large: more than {max_pixels} pixels") from None
     except Exception as exc:  # OSError "image file is truncated", zlib errors, ...
-        raise InputError(f"corrupt or truncated image: {exc}") from None
+        raise InputError(f"corrupt or truncated image: {_clean(exc)}") from None
     return img
+
+
+def _clean(exc: Exception) -> str:
+    """An exception message without object reprs such as <_io.BytesIO object at 0x...>."""
+    text = str(exc)
+    return text if "object at 0x" not in text else type(exc).__name__
 
 
 def _drop_opaque_alpha(img: Image.Image) -> Image.Image:
@@ -67,8 +101,23 @@ def _drop_opaque_alpha(img: Image.Image) -> Image.Image:
 def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     """16-bit mono (common on line cameras) is rescaled, not clipped as Pillow's convert does."""
     arr = np.asarray(img).astype(np.int64)
-    arr = np.clip(arr, 0, 65535)
     return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """32-bit integer mono ("I"): rescaled as 16-bit if its values fit, refused otherwise.
+
+    Pillow opens 16-bit PNGs as "I" too; a 32-bit TIFF whose values exceed 65535 has no scale we
+    could know, and clipping it (what convert("L") does) would silently blank the image.
+    """
+    arr = np.asarray(img)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 65535:
+        raise InputError(
+            f"32-bit image with values {lo}..{hi} outside 0..65535: its scale is unknown; "
+            "convert it to 8 or 16 bit"
+        )
+    return _sixteen_bit_to_l(img)
 
 
 def to_color_mode(img: Image.Image, color_mode: str) -> Image.Image:
@@ -77,6 +126,8 @@ def to_color_mode(img: Image.Image, color_mode: str) -> Image.Image:
         img = _drop_opaque_alpha(img)
     elif img.mode in _SIXTEEN_BIT:
         img = _sixteen_bit_to_l(img)
+    elif img.mode == "I":
+        img = _wide_to_l(img)
     elif img.mode == "P":
         img = img.convert("RGB")
     if img.mode not in ("1", "L", "RGB"):
@@ -119,8 +170,11 @@ def from_bytes(data: bytes, spec: dict[str, Any], max_pixels: int = DEFAULT_MAX_
 
 def from_path(path: str | Path, spec: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS):
     """Image file -> model array; an unreadable file is an InputError like a corrupt one."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"cannot read {path}: dangling symbolic link")
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     return from_bytes(data, spec, max_pixels)
@@ -147,14 +201,16 @@ def blank(spec: dict[str, Any]) -> np.ndarray:
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:
-    """Expand folders into their image files (sorted, so runs are reproducible)."""
+    """Expand folders into every entry that is not a folder (sorted, so runs are reproducible).
+
+    Nothing is filtered, by extension or otherwise: a .gif, an extensionless camera dump, a
+    dangling link or a stray text file each get a result or an error line, never silence.
+    """
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            out += sorted(p for p in path.rglob("*") if not p.is_dir())
         else:
             out.append(path)
     return out

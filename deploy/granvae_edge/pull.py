@@ -17,27 +17,34 @@ where a server would load it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import load_bundle
+from .bundle import BundleError, load_bundle
+from .manifest import MANIFEST_FILE
+from .registry import Budget, PullError, RestClient, field
+
+try:  # POSIX: a pull holds an flock on its temp folder; a stale one is safe to remove
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
 
 API = "/api/2.0/mlflow"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
-CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 2 * 1024**3
+MAX_DEPTH = 4  # a bundle is flat; MLflow adds one level at most
+MAX_FILES = 256
 
-
-class PullError(RuntimeError):
-    """The model could not be resolved, downloaded or verified."""
+__all__ = ["PullError", "RestClient", "fetch_artifacts", "parse_model_uri", "pull"]
 
 
 @dataclass(frozen=True)
@@ -63,110 +70,207 @@ def parse_model_uri(uri: str) -> ModelRef:
     raise PullError(f"model URI {uri!r} must look like models:/NAME@ALIAS or models:/NAME/N")
 
 
-class RestClient:
-    """GETs against one tracking server, with retries on connection-level failures."""
-
-    def __init__(
-        self, tracking_uri: str, retries: int = 4, backoff_s: float = 0.5, timeout_s: float = 30
-    ) -> None:
-        self.base = tracking_uri.rstrip("/")
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-
-    def _open(self, path: str, params: dict[str, str] | None = None):
-        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                return urllib.request.urlopen(url, timeout=self.timeout_s)
-            except urllib.error.HTTPError as exc:
-                if exc.code < 500 and exc.code != 429:
-                    raise PullError(f"{url}: HTTP {exc.code}: {_error_message(exc)}") from None
-                last = exc
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-                last = exc
-            if attempt < self.retries:
-                time.sleep(self.backoff_s * 2**attempt)
-        raise PullError(f"cannot reach {url} after {self.retries + 1} attempts: {last}")
-
-    def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        with self._open(path, params) as resp:
-            return json.loads(resp.read().decode("utf-8"))
-
-    def download(self, path: str, dest: Path) -> None:
-        with self._open(path) as resp, open(dest, "wb") as fh:
-            shutil.copyfileobj(resp, fh, CHUNK)
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(exc.read().decode("utf-8"))
-        return str(body.get("message", body))
-    except Exception:
-        return exc.reason or "error"
-
-
 def resolve_version(client: RestClient, ref: ModelRef) -> str:
     """Alias -> version number (a version is returned as is after checking it exists)."""
     if ref.alias is not None:
-        params = {"name": ref.name, "alias": ref.alias}
-        data = client.get_json(f"{API}/registered-models/alias", params)
+        path, params = f"{API}/registered-models/alias", {"name": ref.name, "alias": ref.alias}
     else:
-        data = client.get_json(
-            f"{API}/model-versions/get", {"name": ref.name, "version": str(ref.version)}
-        )
-    return str(data["model_version"]["version"])
+        path, params = f"{API}/model-versions/get", {"name": ref.name, "version": str(ref.version)}
+    version = field(client.get_json(path, params), client.url(path, params), "model_version",
+                    "version")  # fmt: skip
+    if not isinstance(version, str | int) or not str(version).isdigit():
+        raise PullError(f"{client.url(path, params)}: version {version!r} is not a number")
+    return str(version)
 
 
 def download_uri(client: RestClient, name: str, version: str) -> str:
-    data = client.get_json(
-        f"{API}/model-versions/get-download-uri", {"name": name, "version": version}
-    )
-    return str(data["artifact_uri"])
+    path, params = f"{API}/model-versions/get-download-uri", {"name": name, "version": version}
+    uri = field(client.get_json(path, params), client.url(path, params), "artifact_uri")
+    if not isinstance(uri, str) or not uri or "\0" in uri:
+        raise PullError(f"{client.url(path, params)}: artifact_uri {uri!r} is not a URI")
+    return uri
 
 
-def _safe_name(name: str) -> str:
+def _safe_name(name: Any) -> str:
     # A listing entry is a base name; anything else could write outside the download folder.
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise PullError(f"refusing artifact entry {name!r}")
+    if (
+        not isinstance(name, str) or not name or name in (".", "..") or "/" in name
+        or "\\" in name or any(ord(c) < 32 for c in name)
+    ):  # fmt: skip
+        raise PullError(f"refusing artifact entry {name!r}: not a plain file name")
     return name
 
 
-def fetch_proxied(client: RestClient, rel: str, dest: Path) -> None:
-    """Mirror the artifact folder ``rel`` (relative to the server's artifact root) into dest."""
-    listing = client.get_json(ARTIFACTS_API, {"path": rel})
-    files = listing.get("files", [])
+def _listing(client: RestClient, rel: str) -> list[dict[str, Any]]:
+    url = client.url(ARTIFACTS_API, {"path": rel})
+    files = client.get_json(ARTIFACTS_API, {"path": rel}).get("files", [])
+    if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
+        raise PullError(f"{url}: malformed listing: 'files' is not a list of objects")
     if not files:
         raise PullError(f"artifact folder {rel!r} on {client.base} is empty or missing")
-    for entry in files:
-        name = _safe_name(str(entry["path"]).rsplit("/", 1)[-1])
+    if len(files) > MAX_FILES:
+        raise PullError(f"{url}: {len(files)} entries; a bundle has a handful")
+    # The manifest first: it names the model file and its sha256, checked while streaming.
+    return sorted(files, key=lambda e: str(e.get("path", "")).rsplit("/", 1)[-1] != MANIFEST_FILE)
+
+
+@dataclass
+class _Fetch:
+    client: RestClient
+    budget: Budget
+    expected: dict[str, str]  # file name -> sha256 the manifest promises (top level only)
+
+
+def _expect_from_manifest(path: Path) -> dict[str, str]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return {str(manifest["model_file"]): str(manifest["model_sha256"]).lower()}
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return {}  # load_bundle reports the manifest's problem precisely afterwards
+
+
+def fetch_proxied(fetch: _Fetch, rel: str, dest: Path, depth: int = 0) -> None:
+    """Mirror the artifact folder ``rel`` (relative to the server's artifact root) into dest."""
+    if depth > MAX_DEPTH:
+        raise PullError(f"artifact folder {rel!r} is nested deeper than {MAX_DEPTH} levels")
+    for entry in _listing(fetch.client, rel):
+        name = _safe_name(str(entry.get("path", "")).rsplit("/", 1)[-1])
         child = f"{rel}/{name}" if rel else name
         if entry.get("is_dir"):
             (dest / name).mkdir()
-            fetch_proxied(client, child, dest / name)
-        else:
-            quoted = urllib.parse.quote(child, safe="/")
-            client.download(f"{ARTIFACTS_API}/{quoted}", dest / name)
+            fetch_proxied(fetch, child, dest / name, depth + 1)
+            continue
+        digest = fetch.client.download(
+            f"{ARTIFACTS_API}/{urllib.parse.quote(child, safe='/')}", dest / name, fetch.budget
+        )
+        if depth == 0 and name == MANIFEST_FILE:
+            fetch.expected = _expect_from_manifest(dest / name)
+        want = fetch.expected.get(name) if depth == 0 else None
+        if want is not None and digest != want:
+            raise PullError(
+                f"sha256 mismatch for {child}: downloaded {digest}, manifest says {want}"
+            )
 
 
-def fetch_artifacts(client: RestClient, artifact_uri: str, dest: Path) -> None:
-    """Copy the version's artifacts into ``dest`` (an existing, empty folder)."""
+def _copy_local(src: Path, dest: Path, budget: Budget) -> None:
+    files = [p for p in src.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    if total > budget.limit:
+        raise PullError(f"{src} holds {total} bytes, over the {budget.limit}-byte limit")
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+
+
+def fetch_artifacts(
+    client: RestClient,
+    artifact_uri: str,
+    dest: Path,
+    allow_local: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> None:
+    """Copy the version's artifacts into ``dest`` (an existing, empty folder).
+
+    Only the tracking server's artifact proxy is used by default: a ``file://`` URI in a server
+    answer would otherwise make the device copy any local folder it names into its bundle.
+    """
+    budget = Budget(max_bytes)
     parsed = urllib.parse.urlparse(artifact_uri)
     if parsed.scheme == "mlflow-artifacts":
         # mlflow-artifacts:/<rel> or mlflow-artifacts://host:port/<rel>: always via our server.
-        fetch_proxied(client, urllib.parse.unquote(parsed.path).strip("/"), dest)
+        rel = urllib.parse.unquote(parsed.path).strip("/")
+        fetch_proxied(_Fetch(client, budget, {}), rel, dest)
         return
     if parsed.scheme in ("file", ""):
+        if not allow_local:
+            raise PullError(
+                f"artifact URI {artifact_uri!r} is a local path; refusing it (a server must "
+                "serve artifacts through its proxy: --artifacts-destination); pass "
+                "--allow-local-artifacts to copy local folders"
+            )
         src = Path(urllib.parse.unquote(parsed.path) if parsed.scheme else artifact_uri)
         if not src.is_dir():
             raise PullError(f"artifact folder {src} (from {artifact_uri}) does not exist here")
-        shutil.copytree(src, dest, dirs_exist_ok=True)
+        _copy_local(src, dest, budget)
         return
     raise PullError(
         f"artifact URI {artifact_uri!r} uses scheme {parsed.scheme!r}; the edge runtime reads "
-        "only mlflow-artifacts:/ (run the server with --artifacts-destination) or local paths"
+        "only mlflow-artifacts:/ (run the server with --artifacts-destination)"
     )
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out`` may be new, empty, or a bundle folder; anything else is the user's data."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise PullError(f"--out {out} exists and is not a folder; refusing to replace it")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and MANIFEST_FILE not in entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise PullError(
+            f"--out {out} holds {len(entries)} entries that are not a bundle ({shown}); "
+            "refusing to replace it: pull into a new or empty folder, or a bundle folder"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _locked_by_other(folder: Path) -> bool:
+    """True if a live pull holds the folder's flock (released by the kernel when it dies)."""
+    if fcntl is None:
+        return True
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock too
+    return False
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove what a killed pull left beside ``out``; restore a bundle a crash moved aside."""
+    removed: list[Path] = []
+    for tmp in out.parent.glob(f".{out.name}.pull-*"):
+        if tmp.is_dir() and not _locked_by_other(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        pid = old.name.rsplit(".old-", 1)[-1].split("-", 1)[0]
+        if not old.is_dir() or (pid.isdigit() and _pid_alive(int(pid))):
+            continue
+        if not out.exists():
+            os.replace(old, out)  # killed between the two renames: the old bundle comes back
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
+@contextlib.contextmanager
+def _pull_folder(out: Path) -> Iterator[Path]:
+    """A locked temp folder beside ``out``, removed unless it was installed."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pull-", dir=out.parent))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        os.close(fd)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -175,6 +279,7 @@ def _install(tmp: Path, out: Path) -> None:
     Each rename is atomic; between the two a reload would find no bundle and refuse it, which
     keeps the old model serving (server.py verifies before it swaps).
     """
+    check_out_folder(out)  # again: the folder may have changed during the download
     if not out.exists():
         os.replace(tmp, out)
         return
@@ -189,26 +294,32 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def pull(
-    model_uri: str, out: str | Path, tracking_uri: str | None = None, retries: int = 4
+    model_uri: str,
+    out: str | Path,
+    tracking_uri: str | None = None,
+    retries: int = 4,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_local: bool = False,
 ) -> dict[str, Any]:
     """Resolve, download, verify, install. Returns provenance of the installed bundle."""
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         raise PullError("an http(s) tracking URI is needed: --tracking-uri or MLFLOW_TRACKING_URI")
     ref = parse_model_uri(model_uri)
+    out = Path(out).absolute()
+    check_out_folder(out)  # refuse before any download, not after
     client = RestClient(tracking_uri, retries=retries)
     version = resolve_version(client, ref)
     artifact_uri = download_uri(client, ref.name, version)
-    out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pull-", dir=out.parent))
-    try:
-        fetch_artifacts(client, artifact_uri, tmp)
-        bundle = load_bundle(tmp)  # full verification before anything replaces the current one
+    clean_stale(out)
+    with _pull_folder(out) as tmp:
+        fetch_artifacts(client, artifact_uri, tmp, allow_local=allow_local, max_bytes=max_bytes)
+        try:  # full verification before anything replaces the current one
+            bundle = load_bundle(tmp)
+        except BundleError as exc:
+            raise PullError(f"downloaded bundle refused: {exc}") from None
         _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "model_uri": model_uri,
         "name": ref.name,

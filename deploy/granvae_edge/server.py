@@ -1,53 +1,80 @@
-"""A small HTTP scoring server for a line device (stdlib ThreadingHTTPServer).
+"""A small HTTP scoring server for a line device (stdlib ThreadingHTTPServer, bounded).
 
-Why stdlib: the device image stays numpy + onnxruntime + pillow. Robustness comes from three
-rules: every request is answered with JSON whatever it sent (bad input is a 4xx, never a crash);
-the body size is judged from Content-Length before it is read; and a reload builds and verifies a
-whole new Inspector before swapping one reference under a lock, so a request in flight finishes
-on the session it started with and a bad new bundle never replaces a good one.
+Why stdlib: the device image stays numpy + onnxruntime + pillow. Robustness comes from a few
+rules: every request is answered with JSON whatever it sent (handler.py); connections, scoring
+turns, decoded pixels and request time are all bounded (limits.py), so a flood of huge images
+or slow senders costs a 413/503/408, not the memory or the threads of the line; and a reload
+builds and verifies a whole new Inspector before swapping one reference under a lock, so a
+request in flight finishes on the session it started with and a bad new bundle never replaces a
+good one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .handler import EdgeHandler
 from .infer import Inspector
+from .limits import Admission, Slots, Watchdog
 from .metrics import Metrics
-from .preprocess import InputError
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-DRAIN_LIMIT = 16 * 1024 * 1024
-DRAIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Every bound of the server in one place (CLI flags map one to one)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int | None = None  # None: preprocess.default_max_pixels(model input)
+    connections: int = 64  # worker threads, one per open connection
+    inflight: int = max(1, min(4, os.cpu_count() or 1))  # requests decoding/scoring at once
+    queue: int = 32  # requests waiting for a scoring turn
+    queue_wait_s: float = 10.0
+    request_timeout_s: float = 30.0  # request line + headers + body, as a whole
 
 
 class ServingState:
     """The live Inspector behind a lock; reloads are serialised and verified before the swap."""
 
-    def __init__(self, bundle_dir: str | Path, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        intra_op_threads: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.intra_op_threads = intra_op_threads
+        self.max_pixels = max_pixels
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
-        self._inspector = Inspector(self.bundle_dir, intra_op_threads=intra_op_threads)
+        self._inspector = self._load()
         self.loaded_at = time.time()
 
     def current(self) -> Inspector:
         with self._lock:
             return self._inspector
 
+    def _load(self) -> Inspector:
+        return Inspector(
+            self.bundle_dir, intra_op_threads=self.intra_op_threads, max_pixels=self.max_pixels
+        )
+
     def reload(self) -> tuple[bool, str]:
         """Load + verify + smoke-test the folder again; swap only if all of it passed."""
         with self._reload_lock:
             try:
-                fresh = Inspector(self.bundle_dir, intra_op_threads=self.intra_op_threads)
+                fresh = self._load()
             except Exception as exc:  # any failure means "keep the old one"
                 return False, f"{type(exc).__name__}: {exc}"
             with self._lock:
@@ -57,7 +84,7 @@ class ServingState:
 
 
 class EdgeServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer carrying the serving state, metrics and limits."""
+    """ThreadingHTTPServer with a bounded number of connection threads, metrics and limits."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -66,136 +93,59 @@ class EdgeServer(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         state: ServingState,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        limits: ServerLimits | None = None,
         verbose: bool = False,
     ) -> None:
         self.state = state
+        self.limits = limits = limits or ServerLimits()
         self.metrics = Metrics()
-        self.max_bytes = max_bytes
+        self.max_bytes = limits.max_bytes
+        self.request_timeout = limits.request_timeout_s
+        self.slots = Slots(limits.connections)
+        self.admission = Admission(limits.inflight, limits.queue, limits.queue_wait_s)
+        self.watchdog = Watchdog()
         self.verbose = verbose
         super().__init__(address, EdgeHandler)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        """One thread per connection, up to ``limits.connections``; beyond that, 503 and close."""
+        if not self.slots.try_take():
+            self.metrics.record("busy")
+            _refuse_busy(request, self.limits.connections)
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address), daemon=True
+        )
+        thread.start()
+
+    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.give_back()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, not a traceback: a client that vanishes mid-answer is routine on a line."""
+        exc = sys.exc_info()[1]
+        self.metrics.record("connection_error")
+        if self.verbose:
+            print(f"connection {client_address}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def server_close(self) -> None:
+        self.watchdog.stop()
+        super().server_close()
 
     def reload(self) -> tuple[bool, str]:
         ok, reason = self.state.reload()
         self.metrics.record_reload(ok)
         return ok, reason
 
-
-class EdgeHandler(BaseHTTPRequestHandler):
-    server: EdgeServer
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a stalled client cannot hold a thread forever
-    server_version = "granvae-edge"
-
-    # --- plumbing -------------------------------------------------------------------------
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def _send_json(self, code: int, payload: dict[str, Any], close: bool = False) -> None:
-        body = json.dumps(payload).encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-
-    def _error(self, code: int, outcome: str, message: str, close: bool = False) -> None:
-        self.server.metrics.record(outcome)
-        self._send_json(code, {"error": message, "status": code}, close=close)
-
-    def _content_length(self) -> int | None:
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return None
-        try:
-            value = int(raw)
-        except ValueError:
-            return -1
-        return value if value >= 0 else -1
-
-    def _drain_and_close(self, expected: int) -> None:
-        """Answer first, then discard a bounded amount so the client can read our reply.
-
-        Closing with unread bytes makes the kernel send RST, which can destroy the 413 before
-        the client reads it; a short, capped drain avoids that without buffering the upload.
-        """
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(DRAIN_SECONDS)
-            left, deadline = min(expected, DRAIN_LIMIT), time.monotonic() + DRAIN_SECONDS
-            while left > 0 and time.monotonic() < deadline:
-                chunk = self.connection.recv(min(left, 65536))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:
-            pass
-
-    def _too_large(self, length: int) -> None:
-        self._error(
-            413, "too_large", f"body of {length} bytes exceeds {self.server.max_bytes}", close=True
-        )
-
-    def handle_expect_100(self) -> bool:
-        """Refuse an oversized upload before the client even sends it."""
-        length = self._content_length()
-        if length is not None and length > self.server.max_bytes:
-            self._too_large(length)
-            return False
-        return super().handle_expect_100()
-
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after an error reply has been sent."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._error(411, "length_required", "chunked uploads are not accepted", close=True)
-            return None
-        length = self._content_length()
-        if length is None or length == 0:
-            self._error(400, "bad_input", "empty body: send the image bytes")
-            return None
-        if length < 0:
-            self._error(400, "bad_input", "invalid Content-Length", close=True)
-            return None
-        if length > self.server.max_bytes:
-            self._too_large(length)
-            self._drain_and_close(length)
-            return None
-        body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True  # the client went away mid-upload
-            self._error(400, "bad_input", "body shorter than Content-Length", close=True)
-            return None
-        return body
-
-    # --- routes ---------------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            self._send_json(200, self._health())
-        elif path == "/metrics":
-            self._send_json(200, self.server.metrics.snapshot())
-        else:
-            self._error(404, "not_found", f"no route GET {path}")
-
-    def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
-        path = self.path.split("?", 1)[0]
-        if path == "/score":
-            self._score()
-        elif path == "/reload":
-            if self._content_length():
-                self.close_connection = True  # unread body: the connection cannot be reused
-            self._reload()
-        else:
-            self._error(404, "not_found", f"no route POST {path}", close=True)
-
-    def _health(self) -> dict[str, Any]:
-        inspector = self.server.state.current()
-        bundle = inspector.bundle
+    def health(self) -> dict[str, Any]:
+        bundle = self.state.current().bundle
         return {
             "ok": True,
             "revision": bundle.revision,
@@ -203,45 +153,22 @@ class EdgeHandler(BaseHTTPRequestHandler):
             "threshold": bundle.threshold,
             "bundle": str(bundle.directory),
             "mlflow_model_uri": bundle.manifest.get("mlflow_model_uri"),
-            "loaded_at": self.server.state.loaded_at,
+            "loaded_at": self.state.loaded_at,
         }
 
-    def _score(self) -> None:
-        t0 = time.perf_counter()
-        body = self._read_body()
-        if body is None:
-            return
-        inspector = self.server.state.current()  # this request keeps this session throughout
-        try:
-            verdict = inspector.score_one(body)
-        except InputError as exc:
-            self._error(400, "bad_input", str(exc))
-            return
-        except Exception as exc:  # a model failure is the server's fault, not the client's
-            self._error(500, "error", f"{type(exc).__name__}: {exc}")
-            return
-        payload = verdict.to_json()
-        bundle = inspector.bundle
-        payload.update(revision=bundle.revision, model_sha256=bundle.model_sha256)
-        self.server.metrics.record("ok", (time.perf_counter() - t0) * 1000.0)
-        self.server.metrics.record_decision(verdict.decision)
-        self._send_json(200, payload)
 
-    def _reload(self) -> None:
-        ok, reason = self.server.reload()
-        if ok:
-            self._send_json(200, {"ok": True, **self._health()})
-        else:
-            current = self.server.state.current().bundle
-            self._send_json(
-                409,
-                {
-                    "ok": False,
-                    "error": reason,
-                    "serving_revision": current.revision,
-                    "serving_model_sha256": current.model_sha256,
-                },
-            )
+def _refuse_busy(request: socket.socket, limit: int) -> None:
+    """Best-effort JSON 503 on a connection we will not serve (short send timeout)."""
+    body = json.dumps({"error": f"server busy: {limit} connections open", "status": 503})
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        request.settimeout(1.0)
+        request.sendall((head + body).encode("utf-8"))
+    except OSError:
+        pass
 
 
 def make_server(
@@ -251,10 +178,16 @@ def make_server(
     max_bytes: int = DEFAULT_MAX_BYTES,
     intra_op_threads: int | None = None,
     verbose: bool = False,
+    limits: ServerLimits | None = None,
 ) -> EdgeServer:
-    """Verify the bundle and bind; raises BundleError if the bundle is not servable."""
-    state = ServingState(bundle_dir, intra_op_threads=intra_op_threads)
-    return EdgeServer((host, port), state, max_bytes=max_bytes, verbose=verbose)
+    """Verify the bundle and bind; raises BundleError if the bundle is not servable.
+
+    ``limits`` wins over ``max_bytes`` when both are given (max_bytes is kept for callers that
+    only tune the body size).
+    """
+    limits = limits or ServerLimits(max_bytes=max_bytes)
+    state = ServingState(bundle_dir, intra_op_threads, max_pixels=limits.max_pixels)
+    return EdgeServer((host, port), state, limits=limits, verbose=verbose)
 
 
 def _install_signals(server: EdgeServer) -> None:

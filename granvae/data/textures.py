@@ -4,9 +4,14 @@ Generated parts flatter any detector that knows how they were drawn. These three
 grey photographs (``skimage.data.brick``, ``grass``, ``gravel``) are real scans nobody here
 made, so they test whether a model learns a texture or averages it away.
 
-How a data set is cut, so that no test pixel was ever seen in training:
-- rows [0, 320) of the photograph feed train and val crops; rows [320, 512) feed test crops;
-- crops are ``image_size`` squares at uniform random positions inside their band.
+How a data set is cut, so that no test pixel was ever seen in training, yet train and test
+see the same parts of the photograph (its lighting drifts from top to bottom, and a test
+set cut from one end would flag good crops for the drift, not for defects):
+- the photograph is cut into 8 horizontal bands of 64 rows, dealt in turn to train, val
+  and test (train 0, 3, 6; val 1, 4, 7; test 2, 5), so each split spans the photograph;
+- crops are ``image_size`` squares at uniform random positions inside a random band of
+  their split. Val shares no pixel with train either: a memory-bank method would
+  otherwise find its val crops in its own bank and calibrate a threshold far too low.
 
 Defects (documented in docs/inspection.md), each with a pixel mask:
 - ``foreign``: an elliptical patch of *another* texture pasted in (foreign material);
@@ -28,8 +33,10 @@ from granvae.data.generate import SEVERITY_RANGE, defect_counts
 
 TEXTURES = ("brick", "grass", "gravel")
 CLASS_NAMES = (GOOD, "foreign", "scratch", "smudge")
-TRAIN_ROWS = (0, 320)
-TEST_ROWS = (320, 512)
+BAND = 64
+TRAIN_BANDS = (0, 3, 6)
+VAL_BANDS = (1, 4, 7)
+TEST_BANDS = (2, 5)
 FOREIGN_SOURCE = {"brick": "gravel", "grass": "brick", "gravel": "grass"}
 MASK_MIN_DELTA = 6.0  # gray levels; below that a changed pixel is not called defective
 
@@ -43,8 +50,9 @@ def load_photo(name: str) -> np.ndarray:
     return np.asarray(getattr(skdata, name)(), dtype=np.uint8)
 
 
-def _crops(photo: np.ndarray, rows: tuple[int, int], n: int, size: int, rng) -> np.ndarray:
-    ys = rng.integers(rows[0], rows[1] - size + 1, size=n)
+def _crops(photo: np.ndarray, bands: tuple[int, ...], n: int, size: int, rng) -> np.ndarray:
+    starts = np.asarray(bands)[rng.integers(0, len(bands), size=n)] * BAND
+    ys = starts + rng.integers(0, BAND - size + 1, size=n)
     xs = rng.integers(0, photo.shape[1] - size + 1, size=n)
     return np.stack([photo[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
 
@@ -64,7 +72,7 @@ def _ellipse(size: int, severity: float, rng, radius: tuple[float, float]) -> np
 
 def _foreign(crop: np.ndarray, severity: float, rng, other: np.ndarray) -> np.ndarray:
     weight = _ellipse(crop.shape[0], severity, rng, (3.0, 9.0))
-    patch = _crops(other, (0, other.shape[0]), 1, crop.shape[0], rng)[0].astype(np.float64)
+    patch = _crops(other, tuple(range(8)), 1, crop.shape[0], rng)[0].astype(np.float64)
     return weight * patch + (1.0 - weight) * crop
 
 
@@ -124,9 +132,9 @@ def make_texture(
         for s in np.random.SeedSequence([seed, TEXTURES.index(name)]).spawn(3)
     )
     names = [f"{name}:{seed}:{i}" for i in range(n_train + n_val + n_test)]
-    train = _crops(photo, TRAIN_ROWS, n_train, image_size, train_rng)
-    val = _crops(photo, TRAIN_ROWS, n_val, image_size, val_rng)
-    test = _crops(photo, TEST_ROWS, n_test, image_size, test_rng)
+    train = _crops(photo, TRAIN_BANDS, n_train, image_size, train_rng)
+    val = _crops(photo, VAL_BANDS, n_val, image_size, val_rng)
+    test = _crops(photo, TEST_BANDS, n_test, image_size, test_rng)
     n_def = int(round(n_test * defect_fraction))
     labels = np.concatenate(
         [np.zeros(n_test - n_def, np.int64)]

@@ -31,7 +31,13 @@ from granvae.distributions import (
     recon_nll_map,
 )
 from granvae.models import FactorizedVAE, VAEOutput, to_unit
-from granvae.objectives import ObjectiveConfig, compute_terms
+from granvae.objectives import (
+    ObjectiveConfig,
+    compute_terms,
+    decomposition_from_densities,
+    exact_log_densities,
+    make_groups,
+)
 
 __all__ = [
     "DECOMPOSITION_TERMS",
@@ -120,24 +126,28 @@ def decomposition_terms(
     model: FactorizedVAE,
     images: np.ndarray,
     granularity: int,
-    estimator: str = "mws",
+    estimator: str = "exact",
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     rng_seed: int = 0,
 ) -> dict[str, float]:
-    """Held-out mi, tc, tc_between, group_kl (nats), by objectives.compute_terms per batch.
+    """Held-out mi, tc, tc_between, group_kl (nats); mi + tc_between + group_kl is a
+    Monte-Carlo estimate of the mean KL(q(z|x) || p(z)) (DESIGN.md).
 
-    The aggregate posterior q(z) is estimated from each minibatch (MWS/MSS), so
-    the terms depend on batch_size: MI, for one, cannot exceed log(batch) under
-    MWS. Compare candidates only at the same batch size. Batches are split as
-    evenly as possible because the estimators need at least 2 images each; the
-    result is the image-weighted mean over batches. mi + tc_between + group_kl
-    is a Monte-Carlo estimate of the mean KL(q(z|x) || p(z)) (DESIGN.md).
+    estimator "exact" (the default) sums q(z) over every held-out posterior
+    (objectives.exact_log_densities, O(N^2 D)): no estimator bias and no
+    dependence on batch_size, which then only sets the encoding batches.
+    "mws"/"mss" estimate q(z) per minibatch as in training
+    (objectives.compute_terms), biased when batch_size << N and only comparable
+    at the same batch size (docs/estimators.md); batches are split as evenly as
+    possible (each needs 2 images) and the result is their image-weighted mean.
     """
     n = len(images)
     if n < 2:
         raise ValueError(f"decomposition terms need at least 2 held-out images, got {n}")
     model = _prepare(model, device)
+    if estimator == "exact":
+        return _exact_decomposition(model, images, granularity, batch_size, device, rng_seed)
     cfg = ObjectiveConfig(name="beta_stcvae", granularity=granularity, estimator=estimator)
     gen = torch.Generator().manual_seed(rng_seed)
     sums = dict.fromkeys(DECOMPOSITION_TERMS, 0.0)
@@ -150,6 +160,24 @@ def decomposition_terms(
         for name in DECOMPOSITION_TERMS:
             sums[name] += float(terms[name]) * len(chunk)
     return {name: total / n for name, total in sums.items()}
+
+
+def _exact_decomposition(
+    model: FactorizedVAE, images: np.ndarray, granularity: int, batch_size: int, device, seed: int
+) -> dict[str, float]:
+    """Encode every image, draw one z each, then the terms with q(z) over all N (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    mus, logvars, zs = [], [], []
+    for x in batches(images, batch_size, device):
+        mu, logvar = model.encode(x)
+        mu, logvar = mu.double(), logvar.double()
+        mus.append(mu)
+        logvars.append(logvar)
+        zs.append(_sample_posterior(mu, logvar, gen))
+    mu, logvar, z = torch.cat(mus), torch.cat(logvars), torch.cat(zs)
+    groups = make_groups(model.config.latent_dim, granularity)
+    dens = exact_log_densities(z, mu, logvar, groups)
+    return {k: float(v) for k, v in decomposition_from_densities(dens).items()}
 
 
 def _log_weight(

@@ -20,6 +20,7 @@ import numpy as np
 from granvae.data import DatasetMeta, Split, load_dataset
 from granvae.metrics.inspection import per_class_table
 from granvae.report import html as H
+from granvae.report.intervals import PAIRED_METRICS, config_table, paired_table, v_verdict
 from granvae.report.pictures import (
     LoadedCandidate,
     candidate_heatmaps,
@@ -158,7 +159,7 @@ def _summary(view: SweepView, best: tuple[str, str] | None) -> str:
 
 
 def _elbo_section(page: Page, view: SweepView) -> None:
-    page.sections.append(H.heading('Held-out ELBO vs granularity (the "V")'))
+    page.sections.append(H.heading("Held-out ELBO vs granularity, with 95% intervals over seeds"))
     if not has_values(view.finished, "elbo"):
         page.sections.append(H.note("No finished candidate has an ELBO.", "warn"))
         return
@@ -166,15 +167,39 @@ def _elbo_section(page: Page, view: SweepView) -> None:
     page.add_figure(
         "elbo_vs_granularity",
         fig,
-        "Left: held-out ELBO per granularity, one line per capacity; circles mark "
-        "the best granularity per capacity, the star the best over the grid. "
-        "Right: the best granularity as capacity grows (the paper's V trajectory).",
+        "Left: held-out ELBO per granularity (seed mean, 95% t interval), one line per "
+        "capacity; circles mark the best granularity per capacity, the star the best over "
+        "the grid. Right: the best granularity as capacity grows, with a bar over the "
+        "granularities whose paired difference to the best includes 0.",
     )
+    shows_v, verdict = v_verdict(view.table)
+    page.sections.append(H.note(verdict, "note" if shows_v else "warn"))
     rows = [
         {"beta": b, "latent_dim": d, "best granularity": p["granularity"], "ELBO (nats)": p["elbo"]}
         for (b, d), p in sorted(best.items())
     ]
     page.sections.append(H.records_table(rows))
+
+
+def _intervals_section(page: Page, view: SweepView) -> None:
+    """Per-configuration means and intervals, then each g against g=1 on the same seeds."""
+    page.sections.append(H.heading("Mean and 95% interval per configuration (over seeds)"))
+    page.sections.append(H.html_table(config_table(view.table)))
+    page.sections.append(H.note(
+        "Student-t interval over the seeds that finished; '(1 seed)' has none. The same "
+        "numbers are in results_by_config.csv beside results.csv."
+    ))  # fmt: skip
+    page.sections.append(H.heading("Did granularity make a difference? (paired over seeds)"))
+    metrics = [m for m in PAIRED_METRICS if has_values(view.finished, m)]
+    for metric in metrics:
+        paired = paired_table(view.table, metric)
+        if not paired.empty:
+            page.sections.append(H.heading(f"{metric}: each g minus g=1, same seeds", 3))
+            page.sections.append(H.html_table(paired))
+    page.sections.append(H.note(
+        "A difference counts only when its 95% interval excludes 0; with one paired seed "
+        "there is no interval and nothing is shown."
+    ))  # fmt: skip
 
 
 def _metrics_section(page: Page, view: SweepView) -> None:
@@ -244,7 +269,9 @@ def _recall_section(page: Page, view: SweepView, best: str | None, meta: Dataset
             )
         )
         return
-    keep = [c for c in [*ID_COLUMNS, "recall_at_far", "observed_far", *cols] if c in view.table]
+    shown = [*ID_COLUMNS, "recall_at_far", "recall_at_far_lo", "recall_at_far_hi", "observed_far",
+             "active_units", *cols]  # fmt: skip
+    keep = [c for c in shown if c in view.table]
     page.sections.append(H.html_table(view.finished[keep], highlight=best))
     if best is not None:
         page.sections.append(_best_class_table(view, best, meta))
@@ -341,6 +368,7 @@ def build_report(
     meta = None
     if best_id is not None:
         _elbo_section(page, view)
+        _intervals_section(page, view)
         _metrics_section(page, view)
         data = _load_data(page, view, data_dir)
         if data is not None:

@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from granvae.report.intervals import tied_ranges
 from granvae.report.tables import (
     best_overall,
     best_per_capacity,
@@ -58,13 +59,14 @@ def _capacities(summary: pd.DataFrame) -> list[tuple[float, int]]:
 
 
 def _errorbar_lines(ax, summary: pd.DataFrame) -> dict[tuple[float, int], str]:
-    """One line per capacity: seed mean with min/max whiskers; returns the colour per line."""
+    """One line per capacity: seed mean with 95% interval whiskers (none for a lone seed)."""
     caps = _capacities(summary)
     several = len({d for _, d in caps}) > 1
     colours = {}
     for i, (beta, dim) in enumerate(caps):
         part = summary[(summary["beta"] == beta) & (summary["latent_dim"] == dim)]
-        err = np.vstack([part["mean"] - part["min"], part["max"] - part["mean"]])
+        low, high = part["low"].fillna(part["mean"]), part["high"].fillna(part["mean"])
+        err = np.vstack([part["mean"] - low, high - part["mean"]])
         line = ax.errorbar(
             part["granularity"],
             part["mean"],
@@ -116,15 +118,21 @@ def _mark_best(ax, table: pd.DataFrame, colours: dict) -> dict:
     return best
 
 
-def _trajectory_panel(ax, summary: pd.DataFrame, best: dict) -> None:
-    """Best granularity per capacity vs beta: the paper's "V" trajectory, drawn directly."""
+def _trajectory_panel(ax, summary: pd.DataFrame, best: dict, ties: dict) -> None:
+    """Best granularity per capacity vs beta (the paper's "V" trajectory), with a bar
+    over the granularities the seeds cannot tell apart from the best."""
     several = len({d for _, d in best}) > 1
     for i, dim in enumerate(sorted({d for _, d in best})):
         keys = sorted(k for k in best if k[1] == dim)
-        ax.plot(
+        ys = np.array([best[k]["granularity"] for k in keys], dtype=float)
+        lo = np.array([ties.get(k, (y, y))[0] for k, y in zip(keys, ys, strict=True)])
+        hi = np.array([ties.get(k, (y, y))[1] for k, y in zip(keys, ys, strict=True)])
+        ax.errorbar(
             [k[0] for k in keys],
-            [best[k]["granularity"] for k in keys],
-            "o--",
+            ys,
+            yerr=np.vstack([ys - lo, hi - ys]),
+            fmt="o--",
+            capsize=4,
             color=f"C{i}",
             label=f"D={dim}" if several else None,
         )
@@ -134,7 +142,7 @@ def _trajectory_panel(ax, summary: pd.DataFrame, best: dict) -> None:
     ax.set_yticks(sorted(summary["granularity"].unique().astype(int)))
     ax.set_xlabel("capacity β (total-correlation weight)")
     ax.set_ylabel("granularity with the best ELBO")
-    ax.set_title("Best-ELBO trajectory over the grid")
+    ax.set_title("Best-ELBO trajectory (bars: g tied with the best, paired 95%)", fontsize=10)
     ax.grid(alpha=0.3)
     if several:
         ax.legend(fontsize=8)
@@ -150,11 +158,11 @@ def plot_elbo_vs_granularity(table: pd.DataFrame) -> tuple[Figure, dict]:
     ax.set_xlabel("granularity g (latent dimensions per independent group)")
     ax.set_ylabel("held-out ELBO (nats, higher is better)")
     ax.set_title(
-        "Held-out ELBO vs granularity (circles: best g per capacity; bars: min-max over seeds)",
+        "Held-out ELBO vs granularity (circles: best g per capacity; bars: 95% interval)",
         fontsize=10,
     )
     ax.legend(fontsize=8, loc="best")
-    _trajectory_panel(traj, summary, best)
+    _trajectory_panel(traj, summary, best, tied_ranges(table))
     return fig, best
 
 
@@ -184,6 +192,6 @@ def plot_metrics_vs_granularity(table: pd.DataFrame) -> Figure | None:
         ax.set_visible(False)
     axes[0].legend(fontsize=8, title="capacity")
     fig.suptitle(
-        "Disentanglement and inspection metrics vs granularity (mean over seeds, bars: min-max)"
+        "Disentanglement and inspection metrics vs granularity (seed mean, bars: 95% interval)"
     )
     return fig

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from granvae.metrics.seeds import mean_interval
+
 CAPACITY = ["latent_dim", "beta"]
 GRID = [*CAPACITY, "granularity"]
 FINISHED = "finished"
@@ -83,19 +85,24 @@ def has_values(table: pd.DataFrame, column: str) -> bool:
 
 
 def seed_summary(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, min and max of a metric over seeds per (latent_dim, beta, granularity).
+    """Mean and 95% t interval (low, high) of a metric over seeds per (latent_dim, beta, g).
 
-    Seeds are repeats of the same candidate; the spread between them is what
-    the error bars show, so a reader can tell a real trend from seed noise.
+    Seeds are repeats of the same candidate; the interval is what the error
+    bars show, so a reader can tell a real trend from seed noise. With one
+    seed low and high are NaN: there is no interval to draw.
     """
     rows = finished_rows(table)
     rows = rows.assign(_v=pd.to_numeric(rows[metric], errors="coerce"))
     rows = rows[np.isfinite(rows["_v"])]
     keys = [k for k in GRID if k in rows]
     if rows.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "min", "max", "n"])
-    out = rows.groupby(keys)["_v"].agg(["mean", "min", "max", "count"]).reset_index()
-    return out.rename(columns={"count": "n"}).sort_values(keys, ignore_index=True)
+        return pd.DataFrame(columns=[*keys, "mean", "low", "high", "n"])
+    out = [
+        {**dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)),
+         **mean_interval(part["_v"])}
+        for key, part in rows.groupby(keys)
+    ]  # fmt: skip
+    return pd.DataFrame(out).sort_values(keys, ignore_index=True)
 
 
 def capacity_key(row: pd.Series) -> tuple[float, int]:

@@ -36,11 +36,15 @@ def gaussian_kernel(sigma: float, radius: int | None = None) -> torch.Tensor:
 
 
 def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Depthwise Gaussian blur of (N, C, H, W) with reflect padding (no dark border)."""
-    c = x.shape[1]
+    """Per-channel Gaussian blur of (N, C, H, W) with reflect padding (no dark border).
+
+    Channels are folded into the batch so the conv weight stays one constant (1, 1, k, k):
+    the TorchScript ONNX exporter cannot export a conv whose weight shape it cannot see.
+    """
+    _, c, h, w = x.shape
     r = kernel.shape[-1] // 2
-    padded = F.pad(x, (r, r, r, r), mode="reflect")
-    return F.conv2d(padded, kernel.expand(c, 1, -1, -1), groups=c)
+    padded = F.pad(x.reshape(-1, 1, h, w), (r, r, r, r), mode="reflect")
+    return F.conv2d(padded, kernel).reshape(-1, c, h, w)
 
 
 def smooth_map(amap: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
