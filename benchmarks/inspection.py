@@ -214,6 +214,27 @@ def budget_curve(args, settings, out: Path, checkpoints=(2, 5, 10, 20, 40)) -> l
     return rows
 
 
+def diagnose(args, out: Path) -> str:
+    """Is each trained model using its latents? Active units, KL per image, sharpness of its
+    reconstructions (granvae.evaluate.collapse_diagnostics) on the good test images."""
+    from granvae.evaluate import collapse_diagnostics
+
+    lines = ["| data | seed | epochs run (best) | active units | KL nats/image | max KL/dim | "
+             "recon sharpness |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run in sorted(out.glob("*/seed*/model")):
+        name, seed = run.parents[1].name, run.parent.name
+        splits, _ = load(name, args)
+        good = splits["test"].images[splits["test"].labels == 0]
+        d = collapse_diagnostics(FactorizedVAE.load(run).eval(), good)
+        status = json.loads((run.parent / "status.json").read_text())
+        lines.append(
+            f"| {name} | {seed[4:]} | {status['epochs_completed']} ({status.get('best_epoch')}) | "
+            f"{d['active_units']:.0f} | {d['kl_per_image']:.1f} | {d['kl_max_dim']:.2f} | "
+            f"{d['recon_sharpness']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def render(rows: list[dict], default_rule: str) -> str:
     head = ("| data | method | image AUROC | recall @1% FA [95% CI] | seed range | obs. FA | "
             "pixel AUROC | AUPRO | train s | ms/img |")  # fmt: skip
@@ -253,11 +274,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="params override key=value")
     ap.add_argument("--out", default="runs/bench-inspection")
     ap.add_argument("--budget", action="store_true", help="also: recall vs training minutes")
+    ap.add_argument("--diagnose-only", action="store_true",
+                    help="only print diagnostics of the models already under --out")  # fmt: skip
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     settings = load_settings(ROOT / "params.yaml", parse_sets(args.set))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.diagnose_only:
+        print(diagnose(args, out))
+        return
     rows = []
     for name in [d for d in args.datasets.split(",") if d] + args.mvtec:
         rows += bench_dataset(name, args, settings, out)
@@ -272,6 +298,7 @@ def main() -> None:
         for r in curve:
             md += (f"\n| {r['epoch']} | {r['train_minutes']:.2f} | {r['recall']:.3f} "
                    f"[{r['recall_lo']:.3f}, {r['recall_hi']:.3f}] | {r['image_auroc']:.3f} |")
+    md += "\n\n" + diagnose(args, out)
     (out / "table.md").write_text(md + "\n")
     print(md)
     print(f"\nsettings: model={settings.model.model_dump()} train={settings.train.model_dump()} "

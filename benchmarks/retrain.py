@@ -1,6 +1,7 @@
 """The quick profile end to end, and how much of it is not training.
 
     python benchmarks/retrain.py [--profile quick] [--keep DIR]
+    python benchmarks/retrain.py --stack [--stack-root runs/stack] [--epochs N]  # + on the stack
 
 Runs `granvae retrain --profile quick` in a scratch folder (its own git+DVC data repo,
 local DVC remote, MLflow sqlite store, ephemeral Prefect API: the embedded defaults) and
@@ -27,12 +28,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep it")
+    parser.add_argument("--stack", action="store_true", help="then the same on the stack")
+    parser.add_argument("--stack-root", type=Path, default=None, help="a running stack")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     args = parser.parse_args()
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="granvae-bench-"))
     overrides = {
         "pipeline": {"data_repo": str(scratch / "data-repo"), "work_dir": str(scratch / "work")},
         "tracking": {"workdir": str(scratch)},
     }
+    epochs = {"train": {"epochs": args.epochs}} if args.epochs else {}
+    overrides.update(epochs)
     from pipelines.runtime import prestart
 
     prestart()  # as `granvae retrain` does
@@ -44,6 +50,11 @@ def main() -> None:
     total = time.perf_counter() - T0
     report(summary, total, imported - T0)
     print("\n" + describe(summary))
+    if args.stack:
+        from retrain_stack import print_side_by_side, stack_benchmark
+
+        on_stack = stack_benchmark(args.profile, scratch, args.stack_root, epochs)
+        print_side_by_side({"total": total, "sweep": summary["seconds"]["sweep"]}, on_stack)
     if args.keep is None:
         shutil.rmtree(scratch, ignore_errors=True)
 

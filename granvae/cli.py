@@ -264,6 +264,9 @@ def _mount_command_groups() -> None:
 
     add_tracking(app)
     add_pipeline(app)
+    from granvae.stack.cli import app as stack_app
+
+    app.add_typer(stack_app, name="stack")
 
 
 _mount_command_groups()

@@ -150,12 +150,16 @@ def _cell(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def models_cmd(model_name: NameOpt = None, params: ParamsOpt = None) -> None:
+def models_cmd(
+    model_name: NameOpt = None,
+    params: ParamsOpt = None,
+    line: Annotated[str | None, typer.Option(help="one product line's model")] = None,
+) -> None:
     """List the registered versions with their aliases and headline metrics."""
     from granvae.tracking import Store, TrackingUnavailable, champion_check, list_versions
 
     _, tracking, policy = _settings(params)
-    name = model_name or tracking.model_name
+    name = model_name or _line_model(params, line) or tracking.model_name
     try:
         store = Store(tracking)
         rows = list_versions(name, store=store)
@@ -173,6 +177,21 @@ def models_cmd(model_name: NameOpt = None, params: ParamsOpt = None) -> None:
     Console(width=max(console.width, 132)).print(table)  # readable when piped, too
     if check:
         console.print(check, soft_wrap=True)
+
+
+def _line_model(params: Path | None, line: str | None) -> str | None:
+    """The registered model of a product line (granvae/lines.py), or None without --line."""
+    if line is None:
+        return None
+    import yaml
+
+    from granvae.lines import LineError, line_model_name
+
+    path = params or Path("params.yaml")
+    try:
+        return line_model_name(yaml.safe_load(path.read_text()) if path.exists() else {}, line)
+    except LineError as err:
+        _fail(str(err))
 
 
 def ui_cmd(

@@ -269,7 +269,9 @@ def _recall_section(page: Page, view: SweepView, best: str | None, meta: Dataset
             )
         )
         return
-    keep = [c for c in [*ID_COLUMNS, "recall_at_far", "observed_far", *cols] if c in view.table]
+    shown = [*ID_COLUMNS, "recall_at_far", "recall_at_far_lo", "recall_at_far_hi", "observed_far",
+             "active_units", *cols]  # fmt: skip
+    keep = [c for c in shown if c in view.table]
     page.sections.append(H.html_table(view.finished[keep], highlight=best))
     if best is not None:
         page.sections.append(_best_class_table(view, best, meta))

@@ -1,0 +1,143 @@
+"""The four HTTP services of the stack, each one command line plus a readiness probe.
+
+- s3: `moto` in server mode on 127.0.0.1 (only when no real endpoint is given), and the
+  bucket, created through boto3 once the endpoint answers (local or real).
+- mlflow: `mlflow server` with its backend store on Postgres and artifacts proxied to
+  s3://<bucket>/mlartifacts, so clients (and edge devices) need no S3 credentials.
+- prefect: `prefect server start` with its database on Postgres.
+- worker: `prefect worker start --type process` on the pool (created if missing), running
+  flow runs in the project folder with the tracking URI and S3 settings in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from granvae.stack import procs
+from granvae.stack.config import StackError, StackState, s3_credentials
+
+
+def log(state: StackState, name: str) -> Path:
+    return Path(state.root) / "logs" / f"{name}.log"
+
+
+def _bin(name: str) -> str:
+    """A console script of this interpreter's environment, activated or not."""
+    return str(Path(sys.executable).parent / name)
+
+
+def base_env(state: StackState) -> dict[str, str]:
+    """The caller's environment + the stack's client settings + S3 credentials."""
+    return {**os.environ, **state.client_env(), **s3_credentials(),
+            "PGPASSWORD": state.pg_password, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
+
+
+def _launch(
+    state: StackState, name: str, cmd: list[str], env: dict[str, str],
+    ready: Callable[[], bool], timeout: float, cwd: Path | None = None,
+) -> int:  # fmt: skip
+    """Spawn, wait until ready; a service that never gets ready is stopped, not orphaned."""
+    proc = procs.spawn(name, cmd, log(state, name), env, cwd=cwd)
+    try:
+        procs.wait_until(name, ready, lambda: procs.alive(proc.pid), log(state, name), timeout)
+    except BaseException:
+        procs.stop(proc.pid)
+        raise
+    return proc.pid
+
+
+def start_s3(state: StackState) -> int:
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(state.ports["s3"])]
+    return _launch(state, "s3", cmd, base_env(state), lambda: s3_ready(state), 60)
+
+
+def s3_ready(state: StackState) -> bool:
+    return procs.http_ok(state.s3_endpoint + "/") if state.s3_endpoint else True
+
+
+def ensure_bucket(state: StackState) -> None:
+    """Create the bucket unless it exists (real endpoints may forbid CreateBucket)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3", endpoint_url=state.s3_endpoint or None, region_name=state.region,
+                          **_boto_creds())  # fmt: skip
+    try:
+        client.head_bucket(Bucket=state.bucket)
+        return
+    except ClientError:
+        pass
+    try:
+        client.create_bucket(Bucket=state.bucket)
+    except (ClientError, BotoCoreError) as err:
+        raise StackError(f"s3: cannot create bucket {state.bucket!r} at "
+                         f"{state.s3_endpoint or 'AWS'}: {err}") from err  # fmt: skip
+
+
+def _boto_creds() -> dict[str, str]:
+    creds = s3_credentials()
+    return {"aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": creds["AWS_SECRET_ACCESS_KEY"]}  # fmt: skip
+
+
+def start_mlflow(state: StackState) -> int:
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+           "--port", str(state.ports["mlflow"]), "--workers", "1",
+           "--backend-store-uri", state.pg_url("mlflow", "postgresql+psycopg2"),
+           "--artifacts-destination", state.artifacts]  # fmt: skip
+    return _launch(state, "mlflow", cmd, base_env(state), lambda: mlflow_ready(state), 180)
+
+
+def mlflow_ready(state: StackState) -> bool:
+    return procs.http_ok(state.mlflow_uri + "/health")
+
+
+def prefect_env(state: StackState) -> dict[str, str]:
+    home = Path(state.root) / "prefect-home"
+    url = state.pg_url("prefect", "postgresql+asyncpg").replace(
+        f"{state.pg_user}@", f"{state.pg_user}:{state.pg_password}@"
+    )  # asyncpg reads PGPASSWORD too, but Prefect builds its own pool from the URL
+    return {**base_env(state), "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": url}  # fmt: skip
+
+
+def start_prefect(state: StackState) -> int:
+    cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
+           "--port", str(state.ports["prefect"])]  # fmt: skip
+    env = prefect_env(state)
+    env.pop("PREFECT_API_URL", None)  # the server itself needs none
+    return _launch(state, "prefect", cmd, env, lambda: prefect_ready(state), 240)
+
+
+def prefect_ready(state: StackState) -> bool:
+    return procs.http_ok(state.prefect_api + "/health")
+
+
+def start_worker(state: StackState) -> int:
+    """One process worker; flow runs start in the project folder as subprocesses."""
+    cmd = [_bin("prefect"), "worker", "start", "--pool", state.pool, "--type", "process",
+           "--name", f"{state.pool}-worker-1"]  # fmt: skip
+    env = {**prefect_env(state), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL")  # a worker talks to the API, not the DB
+    ready = lambda: worker_ready(state)  # noqa: E731
+    return _launch(state, "worker", cmd, env, ready, 120, cwd=Path(state.project))
+
+
+def worker_ready(state: StackState) -> bool:
+    """The pool exists and has a worker that sent a heartbeat (status ONLINE)."""
+    req = urllib.request.Request(
+        f"{state.prefect_api}/work_pools/{state.pool}/workers/filter",
+        data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            workers = json.loads(resp.read())
+    except (OSError, ValueError):
+        return False
+    return any(w.get("status") == "ONLINE" for w in workers)

@@ -1,0 +1,215 @@
+"""The retrain flow as deployments run by a worker against the production stack.
+
+One stack per module (started by `granvae stack up`'s library call, stopped by `down`):
+Postgres-backed MLflow and Prefect, S3 artifacts and S3 DVC remotes in moto, a process
+work pool with one worker. Tiny data (64 images, 1 candidate, 1 epoch) keeps the module
+within its CI budget; the services and their failure modes are what is under test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pipeline_fixtures import tiny_params, write_params
+from stack_fixtures import (
+    dvc_complete,
+    edge_env,
+    failed_attempts,
+    granvae,
+    retried_runs,
+    running_candidates,
+    s3_keys,
+    stack_folder,
+    wait_flow_runs,
+    with_credentials,
+)
+
+from granvae.stack import StackSettings, down, status, up
+from granvae.stack import postgres as pg
+from granvae.stack.config import StackState
+from granvae.stack.lifecycle import restart_service
+from granvae.stack.procs import stop as stop_process
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("initdb") is None and not list(Path("/usr/lib/postgresql").glob("*/bin")),
+        reason="PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)",
+    ),
+]
+LINES = ("press-7", "press-9")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackState]:
+    """`up` once for the module; `down` at its end (data folder removed)."""
+    creds, folder = with_credentials(), stack_folder()
+    next(creds)
+    root = next(folder)
+    project = root / "project"
+    project.mkdir()
+    try:
+        state = up(StackSettings(root=root / "stack", project=project))
+        yield state
+    finally:
+        down(root / "stack")
+        for gen in (folder, creds):
+            next(gen, None)
+
+
+@pytest.fixture(scope="module")
+def params_file(stack: StackState) -> Path:
+    """Tiny params: 64 training images, one candidate, one epoch; two product lines."""
+    project = Path(stack.project)
+    params = tiny_params(
+        project, "unused", sweep={"granularities": [2]},
+        data={"n_train": 64, "n_val": 64, "n_test": 64},
+        pipeline={"max_workers": 1, "retries": 5, "retry_delay_s": 1.0},
+        lines={"press-7": {"cron": "0 2 * * *"}, "press-9": {"cron": "30 2 * * *"}},
+    )  # fmt: skip
+    params["tracking"] = {"model_name": "inspector", "experiment": "plant",
+                          "attempts": 6, "backoff_s": 1.0}  # fmt: skip
+    return write_params(project / "params.yaml", params)
+
+
+def test_stack_status_answers_for_every_service(stack: StackState) -> None:
+    state, health = status(Path(stack.root))
+    assert health == dict.fromkeys(("postgres", "s3", "mlflow", "prefect", "worker"), True)
+    assert state is not None and state.ports["postgres"] != 5432  # a private cluster
+    proc = granvae("stack", "status", "--root", stack.root, "--json", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["MLFLOW_TRACKING_URI"] == stack.mlflow_uri
+    assert "pg_password" not in proc.stdout and stack.pg_password not in proc.stdout
+
+
+def _deploy_lines(stack: StackState, params_file: Path) -> dict[str, dict]:
+    from pipelines.deployment import deploy_retrain
+
+    seeds = {"press-7": 7, "press-9": 9}  # different images: two distinct data histories
+    return {
+        line: deploy_retrain(stack, params_file, line=line, extra={"data": {"seed": seeds[line]}})
+        for line in LINES
+    }
+
+
+def _start(stack: StackState, deployments: dict[str, dict]) -> dict[str, object]:
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+        return {line: run_deployment(d["name"], timeout=0).id for line, d in deployments.items()}
+
+
+def _versions(stack: StackState, model: str) -> list[dict]:
+    from granvae.tracking import Store, TrackingSettings, list_versions
+
+    return list_versions(model, store=Store(TrackingSettings(uri=stack.mlflow_uri)))
+
+
+@pytest.fixture(scope="module")
+def two_lines(stack: StackState, params_file: Path) -> dict[str, object]:
+    """Both lines retrain at once on the one worker. S3 is down when they start (their DVC
+    pushes fail and are retried until it is back); Postgres restarts while they train."""
+    import time
+
+    deployments = _deploy_lines(stack, params_file)
+    stop_process(stack.pids["s3"])  # the S3 endpoint is down when both runs start
+    runs = _start(stack, deployments)
+    deadline = time.monotonic() + 240
+    while failed_attempts(stack.prefect_api, "version-data") < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert failed_attempts(stack.prefect_api, "version-data") >= 2, "DVC never met the outage"
+    restart_service(Path(stack.root), "s3")  # back (empty: moto keeps objects in memory)
+    deadline = time.monotonic() + 300
+    while running_candidates(stack.prefect_api) < 2 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert running_candidates(stack.prefect_api) >= 2, "the lines never started training"
+    pg.restart(stack)  # both flows are mid-run: tracking and orchestration lose their DB
+    final = wait_flow_runs(stack.prefect_api, list(runs.values()), timeout=420)
+    return {"deployments": deployments, "runs": runs, "final": final}
+
+
+def test_deployments_carry_each_lines_schedule_and_pool(stack, two_lines) -> None:
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+        with get_client(sync_client=True) as client:
+            deps = {line: client.read_deployment_by_name(d["name"])
+                    for line, d in two_lines["deployments"].items()}  # fmt: skip
+    assert {d.work_pool_name for d in deps.values()} == {stack.pool}
+    crons = {line: d.schedules[0].schedule.cron for line, d in deps.items()}
+    assert crons == {"press-7": "0 2 * * *", "press-9": "30 2 * * *"}
+
+
+def test_two_lines_survive_an_s3_outage_and_a_postgres_restart(stack, two_lines) -> None:
+    states = {str(k): v for k, v in two_lines["final"].items()}
+    assert all(s.is_completed() for s in states.values()), states
+    assert retried_runs(stack.prefect_api, "version-data") == 2  # each line met the outage
+    for line in LINES:
+        rows = _versions(stack, f"inspector-{line}")
+        assert len(rows) == 1, f"{line}: expected one version, got {rows}"
+        assert rows[0]["aliases"] == ["challenger"] and rows[0]["status"] == "complete"
+
+
+def test_each_line_has_its_own_model_data_and_bundle(stack, two_lines) -> None:
+    from pipelines.sweepdir import code_version, sweep_key
+
+    code = sweep_key("0" * 10, "0" * 8, code_version()).rsplit("-", 1)[-1]
+    rows = {line: _versions(stack, f"inspector-{line}")[0] for line in LINES}
+    md5 = {line: rows[line]["data_version"].split(":")[1] for line in LINES}
+    assert md5["press-7"] != md5["press-9"]  # seeds 7 and 9: two data histories
+    for line in LINES:
+        row, other = rows[line], md5[next(x for x in LINES if x != line)]
+        assert row["git_commit"] and row["sweep_id"].endswith(code), row  # code version
+        dvc = s3_keys(stack, f"dvc/{line}/")
+        assert f"dvc/{line}/files/md5/{md5[line][:2]}/{md5[line][2:]}.dir" in dvc
+        assert dvc_complete(stack, f"dvc/{line}", md5[line]), f"{line}: remote misses files"
+        assert not any(other[2:] in key for key in dvc), f"{line}'s remote holds other data"
+        repo = Path(stack.project) / "lines" / line / "data-repo"
+        assert (repo / "data" / "snapshot.dvc").read_text().count(md5[line]) == 1
+        onnx = [k for k in s3_keys(stack, "mlartifacts/") if row["run_id"] in k]
+        assert any(k.endswith("model.onnx") for k in onnx), onnx
+        bundles = Path(stack.project) / "lines" / line / "work" / "bundles"
+        assert [p.name for p in bundles.iterdir()] and all(
+            md5[line][:10] in p.name for p in bundles.iterdir()
+        )
+
+
+def test_edge_pulls_the_line_model_over_http(stack, two_lines, tmp_path: Path) -> None:
+    """A device with no S3 credentials: the tracking server proxies the bucket."""
+    row = _versions(stack, "inspector-press-7")[0]
+    out = tmp_path / "bundle"
+    proc = subprocess.run(
+        [sys.executable, "-m", "granvae_edge", "pull", "--model-uri",
+         "models:/inspector-press-7@challenger", "--out", str(out),
+         "--tracking-uri", stack.mlflow_uri],
+        capture_output=True, text=True, timeout=120, env=edge_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data_version"] == row["data_version"]
+    verify = subprocess.run(
+        [sys.executable, "-m", "granvae_edge", "verify", str(out)],
+        capture_output=True, text=True, timeout=120, env=edge_env(),
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_models_line_lists_one_line(stack, two_lines, params_file: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from granvae.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_uri)
+    result = CliRunner().invoke(app, ["models", "--line", "press-9", "--params", str(params_file)])
+    assert result.exit_code == 0, result.output
+    assert "inspector-press-9 (1 versions)" in result.output
+    assert "inspector-press-7" not in result.output
