@@ -239,7 +239,15 @@ def _all_fail_reason(table: list[dict], gates: list[Gate]) -> str:
             parts.append(
                 f"{gate.label} failed for {len(failed)}/{len(table)} ({', '.join(values)})"
             )
-    return "no candidate passed the gates: " + "; ".join(parts)
+    hint = ""
+    if any(g.metric.startswith("latency") and any(r[g.label] == "FAIL" for r in table)
+           for g in gates):  # fmt: skip
+        hint = (
+            ". Latency is the best p95 of several timing rounds on this host (latency_rounds); "
+            "a host busy for the whole measurement still inflates it: rerun the evaluation "
+            "when the machine is quiet, or raise the gate in params.yaml select.gates"
+        )
+    return "no candidate passed the gates: " + "; ".join(parts) + hint
 
 
 def _describe(row: dict, metric: str) -> str:

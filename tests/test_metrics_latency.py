@@ -13,7 +13,8 @@ from granvae.models import FactorizedVAE, ModelConfig
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead
 
-KEYS = {"latency_p50_b1_ms", "latency_p95_b1_ms", "latency_p50_b64_ms", "latency_p95_b64_ms"}
+KEYS = {"latency_p50_b1_ms", "latency_p95_b1_ms", "latency_p50_b64_ms", "latency_p95_b64_ms",
+        "latency_rounds"}
 
 
 def test_percentiles_are_per_image_milliseconds() -> None:
@@ -36,7 +37,7 @@ def test_a_2ms_sleep_is_measured_per_image() -> None:
     images = np.zeros((3, 8, 8, 1), dtype=np.uint8)  # fewer than 64: batches are tiled
     m = measure_latency(sleepy, images, repeats=6, warmup=2)
     assert set(m) == KEYS
-    assert calls == [1] * 8 + [64] * 8
+    assert calls == [1] * 8 * 3 + [64] * 8 * 3  # three timing rounds, each with its warm-up
     assert m["latency_p95_b1_ms"] >= m["latency_p50_b1_ms"] > 0
     assert m["latency_p95_b64_ms"] >= m["latency_p50_b64_ms"] > 0
     assert 1.9 <= m["latency_p50_b1_ms"] < 100.0  # loose: shared machines stall
@@ -62,3 +63,19 @@ def test_torch_head_adapter_runs_at_batch_1_and_64() -> None:
     assert out["score"].shape == (64,) and out["group_attribution"].shape == (64, 2)
     m = measure_latency(fn, images, repeats=3, warmup=1)
     assert set(m) == KEYS and all(v > 0 for v in m.values())
+
+
+def test_a_neighbour_busy_for_one_round_does_not_decide_the_figure():
+    """The first round's calls are slow (a second sweep took the cores), the others fast:
+    the reported p95 is a fast round's, so a latency gate is not refused for the host."""
+
+    calls = {"n": 0}
+
+    def score(_batch):
+        calls["n"] += 1
+        time.sleep(0.02 if calls["n"] <= 12 else 0.001)
+
+    out = measure_latency(score, np.zeros((4, 8, 8, 1), np.uint8), batch_sizes=(1,), repeats=10,
+                          warmup=2, rounds=3)  # fmt: skip
+    assert calls["n"] == 36 and out["latency_rounds"] == 3.0
+    assert out["latency_p95_b1_ms"] < 10.0  # a single round would report ~20 ms
