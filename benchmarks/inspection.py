@@ -34,7 +34,11 @@ from granvae.data.folder import load_mvtec  # noqa: E402
 from granvae.data.generate import generate  # noqa: E402
 from granvae.data.textures import TEXTURES, make_texture  # noqa: E402
 from granvae.metrics.aupro import aupro  # noqa: E402
-from granvae.metrics.bootstrap import percentile_interval, thresholds_from_resamples  # noqa: E402
+from granvae.metrics.bootstrap import (  # noqa: E402
+    percentile_interval,
+    replicate_recalls,
+    resample_indices,
+)
 from granvae.metrics.inspection import image_auroc, pixel_auroc  # noqa: E402
 from granvae.metrics.thresholds import calibrate_threshold  # noqa: E402
 from granvae.models import FactorizedVAE  # noqa: E402
@@ -73,16 +77,12 @@ def recall_with_interval(scored: Scored, labels: np.ndarray, rng) -> dict[str, f
         float(np.mean(t[defect] > calibrate_threshold(v, FAR).value))
         for v, t in zip(scored.val, scored.test, strict=True)
     ]
-    n_val, n_def = len(scored.val[0]), int(defect.sum())
-    gi = rng.integers(0, n_val, size=(N_BOOT, n_val))
-    di = rng.integers(0, n_def, size=(N_BOOT, n_def))
+    gi, di = resample_indices(rng, N_BOOT, len(scored.val[0]), int(defect.sum()))
     reps = np.mean(
-        [
-            np.mean(t[defect][di] > thresholds_from_resamples(v, gi, FAR)[:, None], axis=1)
-            for v, t in zip(scored.val, scored.test, strict=True)
-        ],
+        [replicate_recalls(v, t[defect], gi, di, FAR)
+         for v, t in zip(scored.val, scored.test, strict=True)],
         axis=0,
-    )
+    )  # fmt: skip
     lo, hi = percentile_interval(reps)
     far = [
         float(np.mean(t[~defect] > calibrate_threshold(v, FAR).value))

@@ -22,6 +22,8 @@ __all__ = [
     "percentile_interval",
     "recall_interval",
     "paired_recall_difference",
+    "replicate_recalls",
+    "resample_indices",
     "thresholds_from_resamples",
 ]
 
@@ -95,11 +97,25 @@ def recall_interval(
     rng = rng or np.random.default_rng(0)
     thr = good[_order_index_sorted(good, false_alarm_rate)] if threshold is None else threshold
     estimate = float(np.mean(defect > thr))
-    gi = rng.integers(0, good.size, size=(n_boot, good.size))
-    di = rng.integers(0, defect.size, size=(n_boot, defect.size))
-    thrs = thresholds_from_resamples(good, gi, false_alarm_rate)
-    reps = np.mean(defect[di] > thrs[:, None], axis=1)
+    gi, di = resample_indices(rng, n_boot, good.size, defect.size)
+    reps = replicate_recalls(good, defect, gi, di, false_alarm_rate)
     return Interval(estimate, *percentile_interval(reps, level), level=level)
+
+
+def resample_indices(
+    rng: np.random.Generator, n_boot: int, n_good: int, n_defect: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap row indices for the good and the defect images, one row per replicate.
+    Reusing them for several detectors pairs their replicates on the same images."""
+    return (rng.integers(0, n_good, size=(n_boot, n_good)),
+            rng.integers(0, n_defect, size=(n_boot, n_defect)))  # fmt: skip
+
+
+def replicate_recalls(
+    good: np.ndarray, defect: np.ndarray, gi: np.ndarray, di: np.ndarray, far: float
+) -> np.ndarray:
+    """Recall in each replicate: threshold recalibrated on the resampled good scores."""
+    return np.mean(defect[di] > thresholds_from_resamples(good, gi, far)[:, None], axis=1)
 
 
 def _order_index_sorted(good: np.ndarray, far: float) -> np.ndarray:
@@ -137,8 +153,7 @@ def paired_recall_difference(
         np.mean(da > ga[_order_index_sorted(ga, far)])
         - np.mean(db > gb[_order_index_sorted(gb, far)])
     )
-    gi = rng.integers(0, ga.size, size=(n_boot, ga.size))
-    di = rng.integers(0, da.size, size=(n_boot, da.size))
-    ra = np.mean(da[di] > thresholds_from_resamples(ga, gi, far)[:, None], axis=1)
-    rb = np.mean(db[di] > thresholds_from_resamples(gb, gi, far)[:, None], axis=1)
+    gi, di = resample_indices(rng, n_boot, ga.size, da.size)
+    ra = replicate_recalls(ga, da, gi, di, far)
+    rb = replicate_recalls(gb, db, gi, di, far)
     return Interval(est, *percentile_interval(ra - rb, level), level=level)
