@@ -13,7 +13,7 @@ import torch
 
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
-from granvae.scoring.head import FUSION_PARTS, RULES, InspectionHead, _Pass
+from granvae.scoring.head import FUSION_PARTS, RULES, InspectionHead, _Pass, batches_nhwc
 from granvae.scoring.stats import (
     MAX_FIT_IMAGES,
     ScoreStats,
@@ -28,9 +28,8 @@ __all__ = ["build_head", "fit_head", "load_head", "save_head_scoring"]
 
 @torch.no_grad()
 def _passes(head: InspectionHead, images: np.ndarray, batch_size: int = 256):
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        yield _Pass(head, batch.permute(0, 2, 3, 1))
+    for batch in batches_nhwc(images, batch_size, "cpu"):
+        yield _Pass(head, batch)
 
 
 @torch.no_grad()

@@ -192,7 +192,8 @@ class InspectionHead(nn.Module):
         return {rule: RULES[rule][0](p) for rule in usable}
 
 
-def _batches(images: np.ndarray, batch_size: int, device):
+def batches_nhwc(images: np.ndarray, batch_size: int, device):
+    """uint8 NCHW (the dataset layout) in, NHWC tensor batches (the graph's input) out."""
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         yield batch.permute(0, 2, 3, 1).to(device)
@@ -208,7 +209,7 @@ def score_images(
     """Score uint8 NCHW images (the dataset layout) in batches; numpy out."""
     head = head.to(device)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in InspectionOutput._fields}
-    for batch in _batches(images, batch_size, device):
+    for batch in batches_nhwc(images, batch_size, device):
         for name, value in head(batch)._asdict().items():
             parts[name].append(value.float().cpu().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
@@ -220,7 +221,8 @@ def score_all_rules(
 ) -> dict[str, np.ndarray]:
     """{rule: scores} for every rule the head can compute, one pass per batch."""
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in _batches(images, batch_size, "cpu"):
-        for rule, value in head.cpu().all_scores(batch).items():
+    head = head.cpu()
+    for batch in batches_nhwc(images, batch_size, "cpu"):
+        for rule, value in head.all_scores(batch).items():
             parts.setdefault(rule, []).append(value.float().numpy())
     return {rule: np.concatenate(chunks) for rule, chunks in parts.items()}
