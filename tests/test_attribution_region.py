@@ -87,6 +87,9 @@ def test_head_region_drops_runs_the_heads_rule_map():
         own = model.encode(torch.as_tensor(images[:1], dtype=torch.float32) / 255.0)[0][0]
     same = head_region_drops(head, images[:1], masks[:1], own.numpy())
     assert np.allclose(same, 0.0, atol=1e-5)
+    head.tiling = object()  # a tiled head: per-tile codes, no image-level group reset
+    with pytest.raises(ValueError, match="tiled"):
+        head_region_drops(head, images[:1], masks[:1], np.zeros(4))
 
 
 def test_best_map_accuracy():

@@ -89,8 +89,12 @@ def head_region_drops(
 
     The map is the head's own (``RULES[rule]`` names it), recomputed for each edited
     decoding from the same one-pass object the head scores with, so the attribution
-    and the alarm use one definition of "anomalous".
+    and the alarm use one definition of "anomalous". Whole-image heads only: a tiled
+    head's map is stitched from tiles, each with its own code, so "reset group G" has
+    no single meaning for the image.
     """
+    if getattr(head, "tiling", None) is not None:
+        raise ValueError("region attribution needs a whole-image head; this head is tiled")
     head = head.cpu().eval()
     map_name = RULES[head.score_kind][1]
     groups = [torch.nonzero(col).flatten().tolist() for col in head.groups.T]
