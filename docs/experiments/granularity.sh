@@ -4,7 +4,6 @@
 # so a run cut short still has every granularity paired on the seeds it finished.
 #   bash docs/experiments/granularity.sh            # surfaces, then brick
 #   DATASETS=surfaces bash docs/experiments/granularity.sh
-#   BRICK_G=1,2,5,10 bash docs/experiments/granularity.sh   # the full grid on brick too
 # Then the attribution test on the trained candidates:
 #   python benchmarks/attribution.py --sweep runs/exp/g-surfaces --data runs/exp/surfaces-data
 set -euo pipefail
@@ -13,7 +12,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/exp}
 DATASETS=${DATASETS:-surfaces,brick}
-BRICK_G=${BRICK_G:-1,5}   # cut to two granularities to fit ~75 min of the shared CPU
+BRICK_G=${BRICK_G:-1,2,5,10}   # e.g. 1,5 to halve the brick time
 PARAMS=docs/experiments/granularity-cpu.yaml
 
 gv() {   # the granvae CLI through $PY (any venv with the requirements, this checkout first)
