@@ -45,6 +45,10 @@ def tile_origins(height: int, width: int, tile: int, stride: int) -> list[tuple[
 def extract_tiles(image: np.ndarray, tile: int, stride: int) -> np.ndarray:
     """(H, W) or (H, W, C) image -> (N, tile, tile[, C]) contiguous tiles, row-major."""
     height, width = image.shape[:2]
+    if _exact_grid(height, width, tile, stride):
+        rest = image.shape[2:]
+        grid_view = image.reshape(height // tile, tile, width // tile, tile, *rest).swapaxes(1, 2)
+        return np.ascontiguousarray(grid_view).reshape(-1, tile, tile, *rest)
     grid = tile_origins(height, width, tile, stride)
     out = np.empty((len(grid), tile, tile, *image.shape[2:]), dtype=image.dtype)
     for i, (y, x) in enumerate(grid):
@@ -62,11 +66,19 @@ def stitch(tile_maps: np.ndarray, height: int, width: int, stride: int) -> np.nd
             f"{height}x{width} at tile {tile} stride {stride} has {len(grid)} tiles; "
             f"got maps of shape {maps.shape}"
         )
+    if _exact_grid(height, width, tile, stride):  # no overlap: stitching is a reshape
+        grid_view = maps.reshape(height // tile, width // tile, tile, tile).swapaxes(1, 2)
+        return np.ascontiguousarray(grid_view).reshape(height, width)
     canvas = np.zeros((height, width), dtype=np.float32)
     for m, (y, x) in zip(maps, grid, strict=True):
         canvas[y : y + tile, x : x + tile] += m
     # The tiles form a grid, so a pixel's cover count is (tiles over its row) x (over its col).
     return canvas / np.outer(_cover(height, tile, stride), _cover(width, tile, stride))
+
+
+def _exact_grid(height: int, width: int, tile: int, stride: int) -> bool:
+    """Non-overlapping tiles that fit the image exactly (the common production geometry)."""
+    return stride == tile and height % tile == 0 and width % tile == 0
 
 
 def _cover(size: int, tile: int, stride: int) -> np.ndarray:
