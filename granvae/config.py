@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig
@@ -32,17 +32,11 @@ class DataConfig(BaseModel):
     n_val: int = Field(256, ge=1)
     n_test: int = Field(512, ge=1)
     seed: int = 0
-    image_size: int | None = Field(64, ge=16)  # None (folder only): the images' own H x W
+    image_size: int | None = Field(64, ge=16)  # None: a folder's own H x W (not generators)
     channels: int = Field(1, ge=1, le=3)
     mixed: str = Field("resize", pattern="^(resize|refuse)$")  # folder images of other sizes
     defect_px: float | None = Field(None, gt=0)  # generated defects' size in px; None: a share
     store: str = "data/dataset"  # the dataset store folder DVC versions
-
-    @model_validator(mode="after")
-    def _generators_need_a_size(self) -> DataConfig:
-        if self.image_size is None and self.source != "folder":
-            raise ValueError("image_size: null (native size) needs source: folder")
-        return self
 
 
 class SweepConfig(BaseModel):

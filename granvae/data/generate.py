@@ -58,6 +58,11 @@ def generate(
         )
     if not 0.0 <= defect_fraction <= 1.0:
         raise ValueError(f"defect_fraction must be in [0, 1], got {defect_fraction}")
+    if not isinstance(image_size, (int, np.integer)):
+        raise ValueError(
+            f"image_size must be a side in px for generated data, got {image_size!r} "
+            "(the native size, null, applies to imported folders only)"
+        )
     spec = KINDS[kind]
     if defect_px is not None and (len(spec.class_names) < 2 or not defect_px > 0):
         raise ValueError(f"defect_px must be > 0 and needs a kind with defects, got {defect_px}")
