@@ -113,6 +113,12 @@ def run_candidate(
         model_cfg, objective, train_cfg = _configs(c, settings)
         splits, meta = load_dataset(data_dir)
         tiling = settings.tiling.geometry()
+        _, height, width = meta.observation_shape
+        if tiling is None and height != width:
+            raise ValueError(
+                f"the parts are {height}x{width} px; a whole-image model needs square images: "
+                "set tiling.tile (or import with --image-size)"
+            )
         model_cfg = model_cfg.model_copy(
             update={
                 "in_channels": meta.observation_shape[0],
