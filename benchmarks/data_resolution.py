@@ -3,7 +3,8 @@ images costs in time and peak memory, streamed (import_mvtec) vs in memory (load
 
     python benchmarks/data_resolution.py [--n 8] [--import-n 64] [--import-size 1024]
 
-Each import runs in its own process so its peak RSS (ru_maxrss) is its own. The streamed
+Each import runs in its own process and reads its own peak RSS (VmHWM, which exec resets;
+ru_maxrss would inherit this process's peak across fork). The streamed
 import should peak near one shard (--shard-mb) above the interpreter; the in-memory path
 holds the whole data set plus its shards' bytes.
 """
@@ -22,7 +23,8 @@ from granvae.data import generate
 from granvae.data.to_folder import write_mvtec
 
 IMPORT = """
-import resource, sys, time
+import re, sys, time
+from pathlib import Path
 from granvae.data import import_mvtec, load_mvtec, write_dataset
 mode, root, out, shard_mb = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 t0 = time.perf_counter()
@@ -30,12 +32,13 @@ if mode == "streamed":
     import_mvtec(root, out, shard_bytes=shard_mb * 2**20)
 else:
     write_dataset(out, *load_mvtec(root), shard_bytes=shard_mb * 2**20)
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
+print(time.perf_counter() - t0, int(hwm) / 1024)
 """
 
 
 def _generation(n: int) -> None:
-    print("| side px | defect_px | s per test image (clean + defect) |")
+    print("| side px | defect_px | s per image (half the test images with a defect) |")
     print("|---|---|---|")
     for side, defect_px in ((64, None), (256, None), (512, None), (512, 6.0)):
         generate("surfaces", 1, 1, 2, 0, image_size=side, defect_px=defect_px)  # warm
