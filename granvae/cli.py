@@ -158,12 +158,13 @@ def train_cmd(
         settings = load_settings(params, overrides)
         splits, meta = load_dataset(data)
         channels, size, _ = meta.observation_shape
+        size = settings.tiling.tile or size
         model_cfg = type(settings.model).model_validate(
             {**settings.model.model_dump(), "in_channels": channels, "image_size": size}
         )
         result = train(
             splits["train"].images, model_cfg, settings.objective, settings.train, out,
-            resume=resume,
+            resume=resume, tiling=settings.tiling,
         )  # fmt: skip
     except ValidationError as err:
         _fail("; ".join(f"{_option(e['loc'])}: {e['msg']}" for e in err.errors()))

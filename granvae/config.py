@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig
+from granvae.scoring.tiling import TilingConfig
 from granvae.train import TrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")  # the working folder's override, when present
@@ -84,6 +85,7 @@ class Settings(BaseModel):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     evaluation: EvalConfig = EvalConfig()
+    tiling: TilingConfig = TilingConfig()
     select: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.select
     export: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.export
     tracking: dict[str, Any] = Field(default_factory=dict)  # read by granvae.tracking
