@@ -193,3 +193,15 @@ def test_generated_512_px_surfaces_with_6_px_defects():
     default, _ = generate("surfaces", 1, 1, 4, seed=0, image_size=512)
     big = [default["test"].masks[i].sum() for i in np.flatnonzero(default["test"].labels)]
     assert min(big) > 4 * max(test.masks[i].sum() for i in np.flatnonzero(test.labels))
+
+
+def test_cli_make_surfaces_at_256_px_with_small_defects(tmp_path):
+    args = ["data", "make", "surfaces", "--out", str(tmp_path / "s"), "--n", "2", "--n-val", "1"]
+    args += ["--n-test", "4", "--image-size", "256", "--defect-px", "6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    test = load_split(tmp_path / "s", "test")
+    assert test.masks.shape == (4, 256, 256) and test.labels.any()
+    assert all(0 < test.masks[i].sum() <= 60 for i in np.flatnonzero(test.labels))
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "t"), "--defect-px", "0"])
+    assert bad.exit_code == 2 and "defect_px must be > 0" in bad.output
