@@ -92,6 +92,8 @@ def test_random_tiles_are_crops_of_their_own_image() -> None:
 def test_a_stride_without_a_tile_and_a_tile_larger_than_the_part_are_refused() -> None:
     with pytest.raises(ValueError, match="tiling.stride is set but tiling.tile is null"):
         TilingConfig(stride=8)
+    with pytest.raises(ValueError, match="stride 40 > tile 32 would leave pixels"):
+        TilingConfig(tile=32, stride=40)
     with pytest.raises(ValueError, match="tile 64 px is larger than the image side 48 px"):
         Tiling(64, 32).grid(48, 48)
 

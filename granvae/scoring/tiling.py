@@ -36,6 +36,7 @@ class TilingConfig(BaseModel):
     def _stride_needs_tile(self) -> TilingConfig:
         if self.stride is not None and self.tile is None:
             raise ValueError("tiling.stride is set but tiling.tile is null")
+        self.geometry()  # stride <= tile
         return self
 
     def geometry(self) -> Tiling | None:
@@ -54,6 +55,9 @@ class Tiling:
     def __post_init__(self) -> None:
         if self.tile < 1 or self.stride < 1:
             raise ValueError(f"tile and stride must be >= 1, got {self.tile} and {self.stride}")
+        if self.stride > self.tile:
+            raise ValueError(f"stride {self.stride} > tile {self.tile} would leave pixels that "
+                             "no tile scores")  # fmt: skip
 
     def origins(self, size: int) -> list[int]:
         if self.tile > size:
