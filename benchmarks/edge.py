@@ -7,6 +7,11 @@ measures for each engine the latency (p50/p95) and throughput at batch 1 and
 gain is never read without its accuracy cost.
 
     python benchmarks/edge.py [--epochs 4] [--n-test 200] [--repeats 30]
+    python benchmarks/edge.py --full-only    # only the full-image (tiled) rows
+
+Full-image rows (issue 7, benchmarks/edge_full.py): 512x512 and 1024x1024 grey parts
+scored by granvae_edge as non-overlapping 64 px tiles; end-to-end latency p50/p95 and the
+bare tile batches' share of fp32 peak (nominal and measured in the same run).
 
 Share of peak: throughput_b64 x FLOPs/image / (cores x GHz x FLOP/cycle).
 FLOPs/image count only conv/linear layers (2 x multiply-adds); the scoring
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edge_full import full_image_rows, measured_peak_gflops, print_full_rows  # noqa: E402
 from flops import count_forward_flops, cpu_peak_gflops  # noqa: E402
 
 from granvae.data import generate  # noqa: E402
@@ -47,6 +53,7 @@ from granvae.metrics.thresholds import calibrate_threshold
 from granvae.models import FactorizedVAE, ModelConfig
 from granvae.objectives import ObjectiveConfig, make_groups
 from granvae.scoring import InspectionHead
+from granvae.scoring.tiling import Tiling
 from granvae.train import TrainConfig, train
 
 Runner = Callable[[np.ndarray], object]
@@ -139,13 +146,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full-only", action="store_true",
+                        help="only the full-image rows, on an untrained model (same FLOPs)")
+    parser.add_argument("--full-repeats", type=int, default=20)
     return parser.parse_args(argv)
+
+
+def full_image_report(model: FactorizedVAE, repeats: int, work: Path) -> None:
+    """The issue-7 rows: whole 512/1024 px images through the tiled edge path."""
+    groups = make_groups(model.config.latent_dim, 2)
+    tile = model.config.image_size
+    head = InspectionHead(model, groups, score="l2_max", tiling=Tiling(tile, tile)).eval()
+    example = torch.zeros(1, model.config.in_channels, model.config.image_size,
+                          model.config.image_size)  # fmt: skip
+    flops = count_forward_flops(model, example)
+    peak, assumption = cpu_peak_gflops(physical_cores())
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    measured = measured_peak_gflops()
+    rows = full_image_rows(head, groups, flops, repeats, work)
+    print(f"CPU fp32 peak: {assumption}; load average {load} on {os.cpu_count()} CPUs")
+    print_full_rows(rows, flops, peak, measured)
+
+
+def full_only(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    cfg = ModelConfig(arch="conv", image_size=64, latent_dim=10, likelihood="gaussian")
+    with tempfile.TemporaryDirectory(prefix="granvae-bench-") as tmp:
+        full_image_report(FactorizedVAE(cfg).eval(), args.full_repeats, Path(tmp))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     torch.set_num_threads(physical_cores())
+    if args.full_only:
+        return full_only(args)
     data = load_data(args.n_train, args.n_test, args.image_size, args.seed)
     with tempfile.TemporaryDirectory(prefix="granvae-bench-") as tmp:
         work = Path(tmp)
@@ -166,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 "b64": time_runner(run, nhwc["test"], 64, args.repeats),
                 "auroc": image_auroc(engine_scores(name, head, paths, nhwc["test"]), labels),
             }
-    report(args, data, model, rows, parity, comparison, time.perf_counter() - t0)
+        full_work = work / "full"
+        full_work.mkdir()
+        report(args, data, model, rows, parity, comparison, time.perf_counter() - t0)
+        full_image_report(model, args.full_repeats, full_work)
     return 0
 
 

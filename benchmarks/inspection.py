@@ -5,6 +5,7 @@ held-out good images) for every method, on generated parts and on real photograp
 
     python benchmarks/inspection.py                      # surfaces, brick, grass, gravel
     python benchmarks/inspection.py --mvtec /data/mvtec/bottle --datasets surfaces
+    python benchmarks/inspection.py --datasets '' --highres 512   # tiles vs resize-to-64
 
 Per data set and method: image AUROC, recall at 1% false alarms with a bootstrap 95%
 interval (good and defect images resampled, threshold recalibrated), observed false-alarm
@@ -274,6 +275,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="params override key=value")
     ap.add_argument("--out", default="runs/bench-inspection")
     ap.add_argument("--budget", action="store_true", help="also: recall vs training minutes")
+    ap.add_argument("--highres", type=int, default=0,
+                    help="also: surfaces at this many px, tiles vs resize-to-64")
+    ap.add_argument("--defect-px", type=float, default=12.0,
+                    help="defect size at severity 1 for --highres parts")  # fmt: skip
     ap.add_argument("--diagnose-only", action="store_true",
                     help="only print diagnostics of the models already under --out")  # fmt: skip
     args = ap.parse_args()
@@ -287,6 +292,11 @@ def main() -> None:
     rows = []
     for name in [d for d in args.datasets.split(",") if d] + args.mvtec:
         rows += bench_dataset(name, args, settings, out)
+        (out / "results.json").write_text(json.dumps(rows, indent=2))
+    if args.highres:
+        import highres
+
+        rows += highres.bench_highres(args, settings, out / "highres", sys.modules[__name__])
         (out / "results.json").write_text(json.dumps(rows, indent=2))
     show(rows)
     md = render(rows, settings.evaluation.score)

@@ -33,13 +33,19 @@ def data_make(
     n_val: Annotated[int, typer.Option(help="held-out good images")] = 256,
     n_test: Annotated[int, typer.Option(help="test images (surfaces: half defects)")] = 512,
     seed: Annotated[int, typer.Option()] = 0,
-    image_size: Annotated[int, typer.Option()] = 64,
+    image_size: Annotated[int, typer.Option(help="image side in px, e.g. 64, 256, 512")] = 64,
+    defect_px: Annotated[
+        float | None,
+        typer.Option(help="defect size in px at severity 1 (default: a share of the side)"),
+    ] = None,
 ) -> None:
     """Generate a synthetic data set and write it as a dataset store."""
     from granvae.data import generate, write_dataset
 
     try:
-        splits, meta = generate(kind, n, n_val, n_test, seed, image_size=image_size)
+        splits, meta = generate(
+            kind, n, n_val, n_test, seed, image_size=image_size, defect_px=defect_px
+        )
         manifest = write_dataset(out, splits, meta)
     except ValueError as err:
         _fail(str(err))
@@ -51,19 +57,34 @@ def data_make(
 def data_import(
     root: Annotated[Path, typer.Argument(help="MVTec-AD style folder")],
     out: Annotated[Path, typer.Option(help="dataset store folder to write")],
-    image_size: Annotated[int, typer.Option()] = 64,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="resize to N x N (default: keep the images' own size, H x W)"),
+    ] = None,
     channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB")] = 1,
+    mixed: Annotated[
+        str, typer.Option(help="images of differing sizes: resize | refuse (name them)")
+    ] = "resize",
+    shard_mb: Annotated[
+        int, typer.Option(min=1, help="image + mask MiB per shard, before compression")
+    ] = 64,
 ) -> None:
-    """Validate an MVTec-style folder and write it as a dataset store."""
-    from granvae.data import load_mvtec, write_dataset
+    """Validate an MVTec-style folder and write it as a dataset store, one shard at a time."""
+    from granvae.data import import_mvtec
 
     try:
-        splits, meta = load_mvtec(root, image_size=image_size, channels=channels)
-        manifest = write_dataset(out, splits, meta)
+        manifest = import_mvtec(
+            root, out, image_size=image_size, channels=channels, mixed=mixed,
+            shard_bytes=shard_mb * 2**20,
+        )  # fmt: skip
     except ValueError as err:
         _fail(str(err))
     counts = {name: s["count"] for name, s in manifest["splits"].items()}
-    console.print(f"imported {root} into [bold]{out}[/bold]: {counts}")
+    c, h, w = manifest["observation_shape"]
+    console.print(
+        f"imported {root} into [bold]{out}[/bold] at {h}x{w} (HxW), {c} channel(s), "
+        f"{len(manifest['shards'])} shard(s): {counts}"
+    )
 
 
 @data_app.command("check")
@@ -137,12 +158,13 @@ def train_cmd(
         settings = load_settings(params, overrides)
         splits, meta = load_dataset(data)
         channels, size, _ = meta.observation_shape
+        size = settings.tiling.tile or size
         model_cfg = type(settings.model).model_validate(
             {**settings.model.model_dump(), "in_channels": channels, "image_size": size}
         )
         result = train(
             splits["train"].images, model_cfg, settings.objective, settings.train, out,
-            resume=resume,
+            resume=resume, tiling=settings.tiling,
         )  # fmt: skip
     except ValidationError as err:
         _fail("; ".join(f"{_option(e['loc'])}: {e['msg']}" for e in err.errors()))

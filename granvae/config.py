@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig
+from granvae.scoring.tiling import TilingConfig
 from granvae.train import TrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")  # the working folder's override, when present
@@ -32,8 +33,10 @@ class DataConfig(BaseModel):
     n_val: int = Field(256, ge=1)
     n_test: int = Field(512, ge=1)
     seed: int = 0
-    image_size: int = Field(64, ge=16)
+    image_size: int | None = Field(64, ge=16)  # None: a folder's own H x W (not generators)
     channels: int = Field(1, ge=1, le=3)
+    mixed: str = Field("resize", pattern="^(resize|refuse)$")  # folder images of other sizes
+    defect_px: float | None = Field(None, gt=0)  # generated defects' size in px; None: a share
     store: str = "data/dataset"  # the dataset store folder DVC versions
 
 
@@ -82,6 +85,7 @@ class Settings(BaseModel):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     evaluation: EvalConfig = EvalConfig()
+    tiling: TilingConfig = TilingConfig()
     select: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.select
     export: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.export
     tracking: dict[str, Any] = Field(default_factory=dict)  # read by granvae.tracking

@@ -26,11 +26,13 @@ from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, build_head, save_head_scoring, score_images
+from granvae.scoring.tiling import Tiling, extract_tiles
 
 ACTIVE_UNIT_VAR = 0.01
 EVALUATION_FILE = "evaluation.json"
 THRESHOLD_FILE = "threshold.json"
 SCORES_FILE = "scores.npz"
+MAX_ELBO_TILES = 1024  # held-out good tiles the ELBO of a tiled model is measured on
 
 
 def _elbo_metrics(model: FactorizedVAE, good: np.ndarray, granularity: int, cfg: EvalConfig):
@@ -141,6 +143,15 @@ def _inspection(
     return metrics, threshold, arrays
 
 
+def _model_inputs(images: np.ndarray, tiling: Tiling | None) -> np.ndarray:
+    """Images as the model sees them: whole, or the grid tiles of a sample of them."""
+    if tiling is None:
+        return images
+    _, c, h, w = images.shape
+    n = max(1, min(len(images), -(-MAX_ELBO_TILES // len(tiling.grid(h, w)))))
+    return extract_tiles(images[:n], tiling).reshape(-1, c, tiling.tile, tiling.tile)
+
+
 def evaluate_candidate(
     candidate_dir: Path | str,
     splits: dict[str, Split],
@@ -148,30 +159,37 @@ def evaluate_candidate(
     granularity: int,
     cfg: EvalConfig,
     seed: int = 0,
+    tiling: Tiling | None = None,
 ) -> dict[str, float]:
-    """All metrics of one finished candidate; also written to evaluation.json."""
+    """All metrics of one finished candidate; also written to evaluation.json.
+
+    With ``tiling`` the model saw tiles: inspection metrics are on full-size parts (tiled
+    and stitched), the ELBO and collapse diagnostics on grid tiles of good parts, and the
+    disentanglement scores (defined on whole images' factors) are not computed."""
     candidate_dir = Path(candidate_dir)
     model = FactorizedVAE.load(candidate_dir / "model").eval()
     groups = make_groups(model.config.latent_dim, granularity)
     head = build_head(
-        model, groups, cfg.score, splits["train"].images, cfg.smooth_sigma, cfg.topk_frac
-    )
+        model, groups, cfg.score, splits["train"].images, cfg.smooth_sigma, cfg.topk_frac,
+        tiling=tiling,
+    )  # fmt: skip
     save_head_scoring(head, candidate_dir)
     test = splits["test"]
     metrics, threshold, arrays = _inspection(head, splits, meta, cfg)
     good = test.images[test.labels == 0]
-    metrics.update(
-        _elbo_metrics(model, good if len(good) else splits["val"].images, granularity, cfg)
-    )
+    good = _model_inputs(good if len(good) else splits["val"].images, tiling)
+    metrics.update(_elbo_metrics(model, good, granularity, cfg))
     metrics.update(
         latency.measure_latency(
             latency.torch_score_fn(head, "cpu"),
             test.images.transpose(0, 2, 3, 1),
+            batch_sizes=(1, 64) if tiling is None else (1,),
             repeats=cfg.latency_repeats,
         )
     )
-    metrics.update(_disentanglement(model, meta, cfg, seed))
-    metrics.update(collapse_diagnostics(model, good if len(good) else splits["val"].images))
+    if tiling is None:
+        metrics.update(_disentanglement(model, meta, cfg, seed))
+    metrics.update(collapse_diagnostics(model, good))
     metrics["latent_dim"] = model.config.latent_dim
     metrics = {k: float(v) for k, v in metrics.items()}
     (candidate_dir / THRESHOLD_FILE).write_text(json.dumps(threshold.to_dict(), indent=2))

@@ -112,10 +112,17 @@ def run_candidate(
     try:
         model_cfg, objective, train_cfg = _configs(c, settings)
         splits, meta = load_dataset(data_dir)
+        tiling = settings.tiling.geometry()
+        _, height, width = meta.observation_shape
+        if tiling is None and height != width:
+            raise ValueError(
+                f"the parts are {height}x{width} px; a whole-image model needs square images: "
+                "set tiling.tile (or import with --image-size)"
+            )
         model_cfg = model_cfg.model_copy(
             update={
                 "in_channels": meta.observation_shape[0],
-                "image_size": meta.observation_shape[1],
+                "image_size": meta.observation_shape[1] if tiling is None else tiling.tile,
             }
         )
         done = read_evaluation(cdir)
@@ -123,7 +130,7 @@ def run_candidate(
         if done is None:
             result = train(
                 splits["train"].images, model_cfg, objective, train_cfg, cdir,
-                progress=progress, val_images=splits["val"].images,
+                progress=progress, val_images=splits["val"].images, tiling=settings.tiling,
             )  # fmt: skip
             if result.status != "finished":
                 return candidate_row(c, settings, "failed", result.reason)
@@ -133,8 +140,9 @@ def run_candidate(
                 "device": result.device,
             }
             done = evaluate_candidate(
-                cdir, splits, meta, c.granularity, settings.evaluation, seed=c.seed
-            )
+                cdir, splits, meta, c.granularity, settings.evaluation, seed=c.seed,
+                tiling=tiling,
+            )  # fmt: skip
         row = candidate_row(c, settings, "finished", None)
         row.update(
             epochs=status["epochs_completed"],

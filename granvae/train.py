@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from granvae.distributions import kl_to_standard_normal, recon_nll_map
 from granvae.models import FactorizedVAE, ModelConfig
 from granvae.objectives import ObjectiveConfig, compute_terms
+from granvae.scoring.tiling import TilingConfig, random_tiles
 
 CHECKPOINT_FILE = "checkpoint.pt"
 STATUS_FILE = "status.json"
@@ -236,6 +237,35 @@ class _Best:
         return {"value": self.value, "epoch": self.epoch, "weights": self.weights}
 
 
+class _TileSampler:
+    """What the model sees of each image: the whole image, or random tiles of it."""
+
+    def __init__(self, tiling: TilingConfig | None, seed: int) -> None:
+        self.tile = None if tiling is None else tiling.tile
+        self.per_image = 1 if self.tile is None else tiling.tiles_per_image
+        self.seed = seed
+
+    def check(self, images: np.ndarray, model_cfg: ModelConfig) -> np.ndarray:
+        side = images.shape[-1] if self.tile is None else self.tile
+        if model_cfg.image_size != side:
+            what = "images" if self.tile is None else "tiles"
+            raise ValueError(f"model image_size {model_cfg.image_size} but the {what} are "
+                             f"{side} px")  # fmt: skip
+        return images
+
+    def epoch(self, data: torch.Tensor, epoch: int) -> torch.Tensor:
+        if self.tile is None:
+            return data
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch + 1)
+        return random_tiles(data, self.tile, self.per_image, gen)
+
+    def held_out(self, images: np.ndarray) -> torch.Tensor:
+        val = torch.from_numpy(np.ascontiguousarray(images))
+        if self.tile is None:
+            return val
+        return random_tiles(val, self.tile, self.per_image, torch.Generator().manual_seed(0))
+
+
 def train(
     images: np.ndarray,
     model_cfg: ModelConfig,
@@ -246,17 +276,22 @@ def train(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     val_images: np.ndarray | None = None,
+    tiling: TilingConfig | None = None,
 ) -> TrainResult:
     """Train on uint8 (N, C, H, W) good images; write checkpoint, model and status to out_dir.
 
     With ``cfg.early_stop_patience`` and ``val_images`` the saved model is the epoch with
     the best held-out negative ELBO, and training stops after ``patience`` epochs without
-    improvement.
+    improvement. With ``tiling.tile`` set the model trains on ``tiles_per_image`` random
+    tiles of each image, drawn afresh every epoch (the held-out tiles are drawn once).
     """
+    tiles = _TileSampler(tiling, cfg.seed)
+    images = tiles.check(images, model_cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if len(images) < cfg.batch_size:
-        raise ValueError(f"{len(images)} training images is fewer than batch_size {cfg.batch_size}")
+    if len(images) * tiles.per_image < cfg.batch_size:
+        raise ValueError(f"{len(images)} training images x {tiles.per_image} tiles is fewer "
+                         f"than batch_size {cfg.batch_size}")  # fmt: skip
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg.device)
@@ -269,12 +304,12 @@ def train(
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt, model, optim)
         start_epoch, history, best_state = state["epoch"], state["history"], state.get("best")
-    val = None if val_images is None else torch.from_numpy(np.ascontiguousarray(val_images))
+    val = None if val_images is None else tiles.held_out(val_images)
     best = _Best(cfg.early_stop_patience, val, best_state)
     model.to(device, memory_format=MEMORY_FORMATS[model_cfg.arch])
     data = torch.from_numpy(np.ascontiguousarray(images))
     result = TrainResult("finished", None, start_epoch, start_epoch, str(device), 0.0, str(out_dir))
-    steps = len(data) // cfg.batch_size
+    steps = len(data) * tiles.per_image // cfg.batch_size
     t0 = time.perf_counter()
     with _progress(progress) as bar:
         task = bar.add_task(
@@ -283,8 +318,9 @@ def train(
         for epoch in range(start_epoch, cfg.epochs):
             try:
                 terms = _run_epoch(
-                    model, optim, data, objective, cfg, epoch, device, lambda: bar.advance(task)
-                )
+                    model, optim, tiles.epoch(data, epoch), objective, cfg, epoch, device,
+                    lambda: bar.advance(task),
+                )  # fmt: skip
             except NonFiniteError as err:
                 result.status, result.reason = "failed", str(err)
                 break

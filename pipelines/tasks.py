@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from granvae.config import Settings
-from granvae.data import check_dataset, generate, load_mvtec, write_dataset
+from granvae.data import check_dataset, generate, import_mvtec, write_dataset
 from granvae.sweep import Candidate, finish_sweep, run_candidate
 from pipelines import bundle, versioning
 from pipelines.config import PipelineConfig
@@ -47,12 +47,16 @@ def ingest(settings: Settings, landing: str | None, staging: str) -> str:
     data = settings.data
     if landing:
         log.info("ingesting landing folder %s", landing)
-        splits, meta = load_mvtec(landing, image_size=data.image_size, channels=data.channels)
-    else:
-        log.info("generating %s data (seed %s)", data.source, data.seed)
-        splits, meta = generate(
-            data.source, data.n_train, data.n_val, data.n_test, data.seed, data.image_size
-        )
+        import_mvtec(  # one shard's files decoded at a time: landing folders can be large
+            landing, staging, image_size=data.image_size, channels=data.channels,
+            mixed=data.mixed,
+        )  # fmt: skip
+        return staging
+    log.info("generating %s data (seed %s)", data.source, data.seed)
+    splits, meta = generate(
+        data.source, data.n_train, data.n_val, data.n_test, data.seed, data.image_size,
+        defect_px=data.defect_px,
+    )  # fmt: skip
     write_dataset(staging, splits, meta)
     return staging
 

@@ -167,15 +167,31 @@ def make_bundle(
     threshold: float = 5.0,
     resize: str = "bilinear",
     dtype: str = "uint8",
+    tiling: dict | None = None,
 ) -> Path:
-    """Write model.onnx + manifest.json (correct sha256) into ``directory`` and return it."""
+    """Write model.onnx + manifest.json (correct sha256) into ``directory`` and return it.
+
+    With ``tiling`` (see tiling_block) the graph is the per-tile model and the manifest
+    describes a tiled bundle.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     onnx.save(build_model(height, width, channels, dtype), str(directory / "model.onnx"))
     sha = sha256_file(directory / "model.onnx")
     manifest = make_manifest(sha, height, width, channels, threshold, resize, dtype)
+    if tiling is not None:
+        manifest["tiling"] = tiling
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory
+
+
+def tiling_block(
+    tile: int = 32, stride: int = 32, size: int = 128, reduce: str = "max", **extra
+) -> dict:
+    """A manifest ``tiling`` block as docs/contracts.md "Tiled bundles" spells it."""
+    block = {"tile": tile, "stride": stride, "image_height": size, "image_width": size,
+             "map": "l2", "smooth_sigma": 2.0, "reduce": reduce}  # fmt: skip
+    return block | extra
 
 
 def expected_score(gray: np.ndarray) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_fixtures import DEPLOY, make_bundle, noisy_gray, png_bytes
+from edge_fixtures import DEPLOY, make_bundle, noisy_gray, png_bytes, tiling_block
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +117,18 @@ def test_console_script_runs_in_fresh_venv(fresh_venv, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK")
+
+
+def test_tiled_bundle_scores_in_fresh_venv(fresh_venv, tmp_path):
+    """Tiling, stitching and smoothing are numpy only: a full-size image scores without torch."""
+    bundle = make_bundle(tmp_path / "bundle", tiling=tiling_block(32, 16, 256))
+    result = subprocess.run(
+        [str(fresh_venv / "bin" / "granvae-edge"), "verify", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "225 tiles of an image 256x256, stride 16" in result.stdout

@@ -38,9 +38,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _fail(f"FAIL {args.bundle_dir}: {exc}")
     b = inspector.bundle
     spec = b.manifest["input"]
+    t = inspector.tiling
+    tiles = (
+        f" ({t.n_tiles} tiles of an image {t.image_height}x{t.image_width}, stride {t.stride})"
+        if t
+        else ""
+    )
     print(
         f"OK {b.directory}: revision {b.revision}, model_sha256 {b.model_sha256}, "
-        f"input {spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}, "
+        f"input {spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}{tiles}, "
         f"threshold {b.threshold}, smoke score on a blank image {inspector.smoke_score:.6g}"
     )
     return 0

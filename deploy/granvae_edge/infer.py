@@ -3,6 +3,9 @@
 The graph emits raw scores only; the decision ``score > threshold.value`` is taken here from the
 manifest, which is what lets a line re-tune its threshold (``granvae-edge calibrate``) without
 re-exporting or even touching model.onnx.
+
+A tiled bundle (manifest ``tiling`` block) takes full-size images: each is brought to the
+working resolution, cut into tiles for the graph, and judged on the stitched map (tiled.py).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from . import preprocess
+from . import preprocess, tiled
 from .bundle import Bundle, load_bundle
+from .tiling import Tiling
 
 MAX_BATCH = 32
 
@@ -67,12 +71,13 @@ class Inspector:
         max_pixels: int | None = None,
     ) -> None:
         self.bundle: Bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads)
+        self.tiling: Tiling | None = Tiling.from_manifest(self.bundle.manifest)
         # Decoded-pixel cap per input: what one request may cost in memory before resizing.
-        self.max_pixels = max_pixels or preprocess.default_max_pixels(self.spec)
+        self.max_pixels = max_pixels or preprocess.default_max_pixels(self.image_spec)
         self.smoke_score: float | None = None
         if smoke_test:
             # A graph can load yet fail at run time (bad shapes inside); find out now.
-            self.smoke_score = self.score_batch([preprocess.blank(self.spec)])[0].score
+            self.smoke_score = self.score_batch([preprocess.blank(self.image_spec)])[0].score
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -83,19 +88,28 @@ class Inspector:
         return self.bundle.manifest["input"]
 
     @property
+    def image_spec(self) -> dict[str, Any]:
+        """What prepare() makes of an input: the model input, or for a tiled bundle the full
+        working resolution (same channels, dtype and resize rule)."""
+        if self.tiling is None:
+            return self.spec
+        t = self.tiling
+        return {**self.spec, "height": t.image_height, "width": t.image_width}
+
+    @property
     def threshold(self) -> float:
         return self.bundle.threshold
 
     def prepare(self, item: bytes | str | Path | np.ndarray) -> np.ndarray:
         """Bytes, a path or an array -> model array; raises preprocess.InputError."""
         if isinstance(item, bytes | bytearray | memoryview):
-            return preprocess.from_bytes(bytes(item), self.spec, self.max_pixels)
+            return preprocess.from_bytes(bytes(item), self.image_spec, self.max_pixels)
         if isinstance(item, str | Path):
-            return preprocess.from_path(item, self.spec, self.max_pixels)
+            return preprocess.from_path(item, self.image_spec, self.max_pixels)
         return self._checked_array(item)
 
     def _checked_array(self, arr: np.ndarray) -> np.ndarray:
-        spec = self.spec
+        spec = self.image_spec
         expected = (spec["height"], spec["width"], spec["channels"])
         if arr.shape == expected and arr.dtype == preprocess.blank(spec).dtype:
             return arr
@@ -104,6 +118,8 @@ class Inspector:
     def score_batch(self, arrays: list[np.ndarray] | np.ndarray) -> list[Verdict]:
         """Score model-ready or raw uint8 arrays, in chunks of MAX_BATCH."""
         prepared = [self._checked_array(np.asarray(a)) for a in arrays]
+        if self.tiling is not None:
+            return [self._run_tiled(image) for image in prepared]
         verdicts: list[Verdict] = []
         for start in range(0, len(prepared), MAX_BATCH):
             verdicts += self._run(np.stack(prepared[start : start + MAX_BATCH]))
@@ -114,24 +130,34 @@ class Inspector:
         t0 = time.perf_counter()
         score, amap, attribution = self.bundle.session.run(outputs, {self.spec["name"]: batch})
         per_item_ms = (time.perf_counter() - t0) * 1000.0 / len(batch)
-        threshold = self.threshold
-        verdicts = []
-        for i in range(len(batch)):
-            top, share = _top_group(np.asarray(attribution[i]).ravel())
-            value = float(np.asarray(score[i]).reshape(-1)[0])
-            verdicts.append(
-                Verdict(
-                    score=value,
-                    # Fail safe: a non-finite score rejects the part (NaN > t would pass it).
-                    decision=bool(not value <= threshold),
-                    threshold=threshold,
-                    top_group=top,
-                    top_group_share=share,
-                    latency_ms=per_item_ms,
-                    anomaly_map=np.asarray(amap[i]),
-                )
+        return [
+            self._verdict(
+                float(np.asarray(score[i]).reshape(-1)[0]), attribution[i], amap[i], per_item_ms
             )
-        return verdicts
+            for i in range(len(batch))
+        ]
+
+    def _run_tiled(self, image: np.ndarray) -> Verdict:
+        assert self.tiling is not None
+        t0 = time.perf_counter()
+        result = tiled.score_image(self.bundle.session, self.spec["name"], self.tiling, image)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        return self._verdict(result.score, result.attribution, result.anomaly_map, latency_ms)
+
+    def _verdict(
+        self, value: float, attribution: np.ndarray, amap: np.ndarray, latency_ms: float
+    ) -> Verdict:
+        top, share = _top_group(np.asarray(attribution).ravel())
+        return Verdict(
+            score=value,
+            # Fail safe: a non-finite score rejects the part (NaN > t would pass it).
+            decision=bool(not value <= self.threshold),
+            threshold=self.threshold,
+            top_group=top,
+            top_group_share=share,
+            latency_ms=latency_ms,
+            anomaly_map=np.asarray(amap),
+        )
 
     def score_one(self, item: bytes | str | Path | np.ndarray) -> Verdict:
         """Prepare and score a single input (raises preprocess.InputError on bad input)."""

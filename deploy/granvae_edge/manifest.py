@@ -20,6 +20,7 @@ REQUIRED_OUTPUTS = ("score", "anomaly_map", "latent_mean", "group_attribution")
 INPUT_DTYPES = ("uint8", "float32")
 COLOR_MODES = {"L": 1, "RGB": 3}
 RESIZE_MODES = ("bilinear", "none")
+TILING_REDUCES = ("max", "topk")
 
 _NUM = (int, float)
 _STR_OR_NONE = (str, type(None))
@@ -53,6 +54,7 @@ _INPUT: dict[str, tuple[type, ...]] = {
     "color_mode": (str,),
     "resize": (str,),
 }
+_TILING_INTS = ("tile", "stride", "image_height", "image_width")
 # Only the value is needed to decide; the rest is provenance, type-checked when present.
 _THRESHOLD_REQUIRED: dict[str, tuple[type, ...]] = {"value": _NUM}
 _THRESHOLD_OPTIONAL: dict[str, tuple[type, ...]] = {
@@ -108,6 +110,64 @@ def _check_input(spec: dict[str, Any]) -> None:
         raise ManifestError(f"manifest field 'input.resize' must be one of {RESIZE_MODES}")
 
 
+def _tiling_int(block: dict[str, Any], key: str) -> int:
+    """One of the tiling block's integer fields: present, an int (not a bool), >= 1."""
+    if key not in block:
+        raise ManifestError(f"manifest field 'tiling.{key}' is missing")
+    value = block[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ManifestError(f"manifest field 'tiling.{key}' must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_tiling(block: Any, spec: dict[str, Any]) -> None:
+    """The optional ``tiling`` block (docs/contracts.md "Tiled bundles"); None = whole image."""
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        raise ManifestError(f"manifest field 'tiling' must be dict, got {type(block).__name__}")
+    tile, stride, height, width = (_tiling_int(block, k) for k in _TILING_INTS)
+    if tile != spec["height"] or tile != spec["width"]:
+        raise ManifestError(
+            f"manifest field 'tiling.tile' is {tile} but the model input is "
+            f"{spec['height']}x{spec['width']}; they must be equal"
+        )
+    if stride > tile:
+        raise ManifestError(
+            f"manifest field 'tiling.stride' is {stride} > tile {tile}: pixels between tiles "
+            "would never be scored"
+        )
+    for key, side in (("image_height", height), ("image_width", width)):
+        if side < tile:
+            raise ManifestError(
+                f"manifest field 'tiling.{key}' is {side}, smaller than tile {tile}"
+            )
+    sigma = block.get("smooth_sigma")
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
+        raise ManifestError(
+            f"manifest field 'tiling.smooth_sigma' must be a number > 0, got {sigma!r}"
+        )
+    if math.ceil(3 * sigma) >= min(height, width):
+        raise ManifestError(
+            f"manifest field 'tiling.smooth_sigma' is {sigma}: its kernel radius "
+            f"{math.ceil(3 * sigma)} needs an image larger than {height}x{width}"
+        )
+    reduce = block.get("reduce")
+    if reduce not in TILING_REDUCES:
+        raise ManifestError(
+            f"manifest field 'tiling.reduce' must be one of {TILING_REDUCES}, got {reduce!r}"
+        )
+    if block["reduce"] == "topk":
+        topk = _tiling_int(block, "topk")
+        if topk > height * width:
+            raise ManifestError(
+                f"manifest field 'tiling.topk' is {topk}, more than the {height}x{width} "
+                "map's pixels"
+            )
+    if not isinstance(block.get("map", ""), str):
+        raise ManifestError("manifest field 'tiling.map' must be str")
+
+
 def _non_finite_field(value: Any, prefix: str = "") -> str | None:
     """Dotted path of the first NaN/Infinity in ``value``, or None.
 
@@ -153,6 +213,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
     if not model_file or Path(model_file).name != model_file:
         raise ManifestError("manifest field 'model_file' must be a plain file name in the bundle")
     _check_input(manifest["input"])
+    _check_tiling(manifest.get("tiling"), manifest["input"])
     missing = [o for o in REQUIRED_OUTPUTS if o not in manifest["outputs"]]
     if missing:
         raise ManifestError(f"manifest field 'outputs' lacks {missing}")

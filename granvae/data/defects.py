@@ -14,6 +14,13 @@ is then a longer/wider/stronger version of the same defect, which makes severity
 
 The mask is 1 exactly where a pixel changed by at least MASK_MIN_DELTA gray levels; smaller
 changes are discarded, so pixels outside the mask are identical to the clean image.
+
+Size. Geometry is drawn for a reference side `scale` (px): by default the image's own
+min(H, W), so a defect covers the same share of a 64-px and a 512-px part. A real line's
+defects have a physical size instead, so `defect_px` pins it in pixels: at severity 1 the
+blob's mask diameter, the scratch's length and the crack's span are all about defect_px
+(scale = defect_px / EXTENT_PER_SCALE); lower severities are smaller, as at the default.
+Line widths (1-1.5 px) and the crack's 1-px steps are absolute at every scale.
 """
 
 from __future__ import annotations
@@ -24,8 +31,19 @@ import numpy as np
 
 MASK_MIN_DELTA = 4  # gray levels; smaller changes drown in sensor noise (sigma 3)
 MAX_BRANCHES = 5
+EXTENT_PER_SCALE = 0.6  # a severity-1 scratch is 0.6 * scale long; a blob's mask ~0.56 * scale
+SEGMENT_BUDGET = 2**20  # segment-pixel pairs measured at once; bounds memory
 
-DefectField = Callable[[int, int, float, np.random.Generator], np.ndarray]
+DefectField = Callable[[int, int, float, np.random.Generator, float], np.ndarray]
+
+
+def scale_for(h: int, w: int, defect_px: float | None) -> float:
+    """The reference side geometry is drawn for: min(H, W), or the one defect_px implies."""
+    if defect_px is None:
+        return min(h, w)
+    if not defect_px > 0:
+        raise ValueError(f"defect_px must be > 0, got {defect_px}")
+    return float(defect_px) / EXTENT_PER_SCALE
 
 
 def _centre(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -39,15 +57,33 @@ def _pixel_grid(h: int, w: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
-def _segment_distance(h: int, w: int, segments: np.ndarray) -> np.ndarray:
-    """(H, W) distance from each pixel centre to the nearest of (K, 2, 2) line segments."""
-    points = _pixel_grid(h, w)
-    a = segments[:, 0][:, None, :]
-    ab = (segments[:, 1] - segments[:, 0])[:, None, :]
-    length2 = np.maximum((ab**2).sum(-1), 1e-12)
-    t = np.clip(((points[None] - a) * ab).sum(-1) / length2, 0.0, 1.0)
-    nearest = a + t[..., None] * ab
-    dist = np.sqrt(((points[None] - nearest) ** 2).sum(-1)).min(axis=0)
+def _segment_distance(h: int, w: int, segments: np.ndarray, reach: float) -> np.ndarray:
+    """(H, W) distance from each pixel centre to the nearest of (K, 2, 2) line segments.
+
+    Each segment is measured only on the pixels of its own box grown by `reach` + 1 (the
+    rest get inf, which every caller's profile turns into 0), so a 600-segment crack on a
+    512-px part costs a few hundred thousand distances, not 600 full grids. Each measured
+    distance is computed exactly as a full-grid pass would, and min is exact, so the
+    result is bit-identical to the full grid wherever it is within reach.
+    """
+    dist = np.full(h * w, np.inf)
+    lo = np.floor(segments.min(axis=1) - reach - 1.0).astype(np.int64)  # (K, 2) as (x, y)
+    hi = np.ceil(segments.max(axis=1) + reach + 1.0).astype(np.int64)
+    span_x, span_y = (hi - lo).max(axis=0)
+    oy, ox = np.mgrid[0:span_y, 0:span_x]
+    chunk = max(1, SEGMENT_BUDGET // (span_x * span_y))
+    for k in range(0, len(segments), chunk):
+        xs = lo[k : k + chunk, 0, None] + ox.ravel()[None]  # (k, P) pixel columns
+        ys = lo[k : k + chunk, 1, None] + oy.ravel()[None]
+        points = np.stack([xs + 0.5, ys + 0.5], axis=-1)
+        a = segments[k : k + chunk, 0][:, None, :]
+        ab = (segments[k : k + chunk, 1] - segments[k : k + chunk, 0])[:, None, :]
+        length2 = np.maximum((ab**2).sum(-1), 1e-12)
+        t = np.clip(((points - a) * ab).sum(-1) / length2, 0.0, 1.0)
+        nearest = a + t[..., None] * ab
+        near = np.sqrt(((points - nearest) ** 2).sum(-1))
+        inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        np.minimum.at(dist, (ys * w + xs)[inside], near[inside])
     return dist.reshape(h, w)
 
 
@@ -60,13 +96,15 @@ def _polyline_segments(points: np.ndarray) -> np.ndarray:
     return np.stack([points[:-1], points[1:]], axis=1)
 
 
-def blob_field(h: int, w: int, severity: float, rng: np.random.Generator) -> np.ndarray:
+def blob_field(
+    h: int, w: int, severity: float, rng: np.random.Generator, scale: float
+) -> np.ndarray:
     """A soft elliptical Gaussian spot; its sign (dark or bright) is random."""
     centre = _centre(h, w, rng)
     sign = rng.choice([-1.0, 1.0])
     aspect = rng.uniform(0.6, 1.0)
     angle = rng.uniform(0.0, np.pi)
-    size = min(h, w)
+    size = scale
     sigma = size * (0.04 + 0.08 * severity)
     amplitude = 6.0 + 54.0 * severity
     rel = _pixel_grid(h, w) - centre
@@ -76,11 +114,13 @@ def blob_field(h: int, w: int, severity: float, rng: np.random.Generator) -> np.
     return field.reshape(h, w)
 
 
-def scratch_field(h: int, w: int, severity: float, rng: np.random.Generator) -> np.ndarray:
+def scratch_field(
+    h: int, w: int, severity: float, rng: np.random.Generator, scale: float
+) -> np.ndarray:
     """A thin line, slightly bent (a parabola), growing symmetrically from its centre."""
     centre = _centre(h, w, rng)
     angle = rng.uniform(0.0, np.pi)
-    size = min(h, w)
+    size = scale
     curvature = rng.uniform(-0.6, 0.6) / size
     sign = rng.choice([-1.0, 1.0])
     length = size * (0.15 + 0.45 * severity)
@@ -88,8 +128,9 @@ def scratch_field(h: int, w: int, severity: float, rng: np.random.Generator) -> 
     along = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-along[1], along[0]])
     points = centre + t[:, None] * along + (curvature * t**2)[:, None] * normal
-    dist = _segment_distance(h, w, _polyline_segments(points))
-    return _line_profile(dist, 1.0 + 0.5 * severity, sign * (10.0 + 70.0 * severity))
+    width = 1.0 + 0.5 * severity
+    dist = _segment_distance(h, w, _polyline_segments(points), width)
+    return _line_profile(dist, width, sign * (10.0 + 70.0 * severity))
 
 
 def _walk(start: np.ndarray, heading0: float, turns: np.ndarray, n_steps: int) -> np.ndarray:
@@ -99,9 +140,11 @@ def _walk(start: np.ndarray, heading0: float, turns: np.ndarray, n_steps: int) -
     return np.concatenate([start[None], start + np.cumsum(steps, axis=0)])
 
 
-def _crack_segments(h: int, w: int, severity: float, rng: np.random.Generator) -> np.ndarray:
+def _crack_segments(
+    h: int, w: int, severity: float, rng: np.random.Generator, scale: float
+) -> np.ndarray:
     """A trunk growing both ways from its start, with branches; all randomness drawn first."""
-    size = min(h, w)
+    size = scale
     half_max = int(np.ceil(0.2 * size))
     branch_max = max(2, int(np.ceil(0.15 * size)))
     start = _centre(h, w, rng)
@@ -132,10 +175,13 @@ def _crack_segments(h: int, w: int, severity: float, rng: np.random.Generator) -
     return np.concatenate(pieces)
 
 
-def crack_field(h: int, w: int, severity: float, rng: np.random.Generator) -> np.ndarray:
+def crack_field(
+    h: int, w: int, severity: float, rng: np.random.Generator, scale: float
+) -> np.ndarray:
     """A dark branching random walk: thin, long and topologically complex."""
-    dist = _segment_distance(h, w, _crack_segments(h, w, severity, rng))
-    return _line_profile(dist, 1.0 + 0.4 * severity, -(10.0 + 75.0 * severity))
+    width = 1.0 + 0.4 * severity
+    dist = _segment_distance(h, w, _crack_segments(h, w, severity, rng, scale), width)
+    return _line_profile(dist, width, -(10.0 + 75.0 * severity))
 
 
 DEFECTS: dict[str, DefectField] = {
@@ -162,8 +208,12 @@ def render_defect(
     severity: float,
     rng: np.random.Generator,
     region: np.ndarray | None = None,
+    defect_px: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one defect onto a uint8 (C, H, W) or (H, W) image; returns (image, mask (H, W)).
+
+    `defect_px` pins the defect's size in pixels (module docstring); None keeps it a fixed
+    share of the image side, as generated data sets always had.
 
     `region` (H, W) in [0, 1] scales the defect, e.g. Surfaces.part_region, so that a crack
     never runs onto the fixture behind the part. The mask can be empty only if the image
@@ -179,7 +229,7 @@ def render_defect(
             f"image must be uint8 (C, H, W) or (H, W), got {image.dtype} {image.shape}"
         )
     h, w = image.shape[-2:]
-    delta = DEFECTS[cls_name](h, w, float(severity), rng)
+    delta = DEFECTS[cls_name](h, w, float(severity), rng, scale_for(h, w, defect_px))
     if region is not None:
         delta = delta * np.asarray(region, dtype=np.float64)
     return apply_delta(image, delta)

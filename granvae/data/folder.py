@@ -8,7 +8,12 @@ validation checked are read. Choices other modules see:
 - severity of a folder defect is unknown and set to 1.0 (the contract needs (0, 1]);
 - a defect type without a ground_truth/<type> folder gets all-zero masks; with the folder,
   a missing mask is a validation error;
-- val is carved from train/good by a seeded permutation, rows kept in file order.
+- val is carved from train/good by a seeded permutation, rows kept in file order;
+- the working resolution is the images' own (image_size None, the default) or a chosen
+  size, and a folder of mixed sizes is resized or refused (granvae.data.validate).
+
+load_mvtec returns the splits in memory; import_mvtec writes the store directly, decoding
+one shard's files at a time, for folders too large to hold (same bytes either way).
 """
 
 from __future__ import annotations
@@ -18,21 +23,22 @@ from pathlib import Path
 import numpy as np
 
 from granvae.data.base import DatasetMeta, Split, make_split, take
-from granvae.data.images import decode, mask_to_array, to_array
-from granvae.data.layout import FolderEntry
+from granvae.data.images import Size, decode, mask_to_array, to_array
+from granvae.data.layout import FolderEntry, FolderLayout
+from granvae.data.store import SHARD_BYTES, SHARD_SIZE, SplitSource, write_dataset_streamed
 from granvae.data.validate import validate_dataset, validate_folder
 
 FOLDER_DEFECT_SEVERITY = 1.0
 
 
-def _load_entries(entries: tuple[FolderEntry, ...], image_size: int, channels: int) -> Split:
+def _load_entries(entries: tuple[FolderEntry, ...], hw: tuple[int, int], channels: int) -> Split:
     n = len(entries)
-    images = np.zeros((n, channels, image_size, image_size), np.uint8)
-    masks = np.zeros((n, image_size, image_size), np.uint8)
+    images = np.zeros((n, channels, *hw), np.uint8)
+    masks = np.zeros((n, *hw), np.uint8)
     for i, entry in enumerate(entries):
-        images[i] = to_array(decode(entry.path), channels, image_size)
+        images[i] = to_array(decode(entry.path), channels, hw)
         if entry.mask_path is not None:
-            masks[i] = mask_to_array(decode(entry.mask_path), image_size)
+            masks[i] = mask_to_array(decode(entry.mask_path), hw)
     labels = np.array([e.label for e in entries], dtype=np.int64)
     severity = np.where(labels > 0, FOLDER_DEFECT_SEVERITY, 0.0).astype(np.float32)
     names = [e.name for e in entries]
@@ -50,32 +56,77 @@ def carve_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def load_mvtec(
-    root: str | Path,
-    image_size: int = 64,
-    channels: int = 1,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-) -> tuple[dict[str, Split], DatasetMeta]:
-    """Validate, then load; raises DataValidationError listing every bad file."""
+def _validated(
+    root: str | Path, image_size: Size | None, channels: int, val_fraction: float, mixed: str
+) -> tuple[FolderLayout, tuple[int, int]]:
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    layout = validate_folder(root, image_size, channels)
-    good = _load_entries(layout.train, image_size, channels)
-    train_idx, val_idx = carve_val(len(good), val_fraction, seed)
-    splits = {
-        "train": take(good, train_idx),
-        "val": take(good, val_idx),
-        "test": _load_entries(layout.test, image_size, channels),
-    }
-    meta = DatasetMeta(
+    layout = validate_folder(root, image_size, channels, mixed)
+    assert layout.working_hw is not None  # a valid folder has at least one image
+    return layout, layout.working_hw
+
+
+def _meta(layout: FolderLayout, hw: tuple[int, int], channels: int, seed: int) -> DatasetMeta:
+    return DatasetMeta(
         name=layout.root.resolve().name,
         kind="folder",
-        observation_shape=(channels, image_size, image_size),
+        observation_shape=(channels, *hw),
         class_names=layout.class_names,
         factor_names=(),
         factor_sizes=(),
         seed=int(seed),
     )
+
+
+def load_mvtec(
+    root: str | Path,
+    image_size: Size | None = None,
+    channels: int = 1,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    mixed: str = "resize",
+) -> tuple[dict[str, Split], DatasetMeta]:
+    """Validate, then load; raises DataValidationError listing every bad file.
+
+    image_size: None keeps the images' own (H, W); an int N or (H, W) resizes to it.
+    mixed: "resize" | "refuse" for a folder whose images differ in size.
+    """
+    layout, hw = _validated(root, image_size, channels, val_fraction, mixed)
+    good = _load_entries(layout.train, hw, channels)
+    train_idx, val_idx = carve_val(len(good), val_fraction, seed)
+    splits = {
+        "train": take(good, train_idx),
+        "val": take(good, val_idx),
+        "test": _load_entries(layout.test, hw, channels),
+    }
+    meta = _meta(layout, hw, channels, seed)
     validate_dataset(splits, meta)
     return splits, meta
+
+
+def _source(entries: tuple[FolderEntry, ...], hw: tuple[int, int], channels: int) -> SplitSource:
+    return SplitSource(len(entries), lambda a, b: _load_entries(entries[a:b], hw, channels))
+
+
+def import_mvtec(
+    root: str | Path,
+    out_dir: str | Path,
+    image_size: Size | None = None,
+    channels: int = 1,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    mixed: str = "resize",
+    shard_bytes: int = SHARD_BYTES,
+) -> dict:
+    """load_mvtec + write_dataset without holding the data set: validate every file, then
+    decode and write one shard at a time. Returns the manifest; the bytes equal
+    write_dataset(out_dir, *load_mvtec(...)) for the same arguments."""
+    layout, hw = _validated(root, image_size, channels, val_fraction, mixed)
+    train_idx, val_idx = carve_val(len(layout.train), val_fraction, seed)
+    sources = {
+        "train": _source(tuple(layout.train[i] for i in train_idx), hw, channels),
+        "val": _source(tuple(layout.train[i] for i in val_idx), hw, channels),
+        "test": _source(layout.test, hw, channels),
+    }
+    meta = _meta(layout, hw, channels, seed)
+    return write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes)

@@ -42,9 +42,14 @@ def generate(
     seed: int,
     image_size: int = 64,
     defect_fraction: float = 0.5,
+    defect_px: float | None = None,
 ) -> tuple[dict[str, Split], DatasetMeta]:
     """Train and val hold good images only; test holds defect_fraction defects if the kind
-    has defect classes, split evenly across them, severities uniform in SEVERITY_RANGE."""
+    has defect classes, split evenly across them, severities uniform in SEVERITY_RANGE.
+
+    defect_px: the defects' size in pixels at severity 1 (granvae.data.defects), e.g. 6 on
+    a 512-px part; None keeps them a fixed share of the image side (the same bytes as
+    before the option existed)."""
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r}; valid kinds: {sorted(KINDS)}")
     if n_train < 1 or n_val < 0 or n_test < 0:
@@ -53,7 +58,14 @@ def generate(
         )
     if not 0.0 <= defect_fraction <= 1.0:
         raise ValueError(f"defect_fraction must be in [0, 1], got {defect_fraction}")
+    if not isinstance(image_size, (int, np.integer)):
+        raise ValueError(
+            f"image_size must be a side in px for generated data, got {image_size!r} "
+            "(the native size, null, applies to imported folders only)"
+        )
     spec = KINDS[kind]
+    if defect_px is not None and (len(spec.class_names) < 2 or not defect_px > 0):
+        raise ValueError(f"defect_px must be > 0 and needs a kind with defects, got {defect_px}")
     source = spec.make(image_size)
     train_rng, val_rng, test_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
@@ -63,7 +75,13 @@ def generate(
         "train": _good_split(source, n_train, train_rng, names[:n_train]),
         "val": _good_split(source, n_val, val_rng, names[n_train : n_train + n_val]),
         "test": _test_split(
-            source, spec.class_names, n_test, defect_fraction, test_rng, names[n_train + n_val :]
+            source,
+            spec.class_names,
+            n_test,
+            defect_fraction,
+            test_rng,
+            names[n_train + n_val :],
+            defect_px,
         ),
     }
     meta = DatasetMeta(
@@ -102,6 +120,7 @@ def _test_split(
     defect_fraction: float,
     rng: np.random.Generator,
     names: list[str],
+    defect_px: float | None = None,
 ) -> Split:
     """Good and defect images, shuffled so that any prefix holds a mix of classes."""
     defect_classes = class_names[1:]
@@ -120,6 +139,6 @@ def _test_split(
         severity[i] = rng.uniform(*SEVERITY_RANGE)
         region = _region(source, clean.factors[i])
         images[i], masks[i] = render_defect(
-            images[i], class_names[labels[i]], float(severity[i]), rng, region
+            images[i], class_names[labels[i]], float(severity[i]), rng, region, defect_px
         )
     return make_split(images, labels, clean.factors, masks, severity, names)

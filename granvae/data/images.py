@@ -81,20 +81,33 @@ def pixel_digest(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def to_array(image: Image.Image, channels: int, image_size: int) -> np.ndarray:
-    """uint8 (C, S, S): convert by the mode policy, then bilinear resize."""
+Size = int | tuple[int, int]  # a square side, or (height, width)
+
+
+def as_hw(size: Size) -> tuple[int, int]:
+    """(height, width) of a working resolution given as a side or as (H, W)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    height, width = (int(v) for v in size)
+    return height, width
+
+
+def to_array(image: Image.Image, channels: int, size: Size) -> np.ndarray:
+    """uint8 (C, H, W): convert by the mode policy, then bilinear resize if the size differs."""
+    height, width = as_hw(size)
     if image.mode == "P":
         image = image.convert("RGB")
     image = image.convert(TARGET_MODES[channels])
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def mask_to_array(image: Image.Image, image_size: int) -> np.ndarray:
-    """uint8 (S, S) of 0/1: nearest resize so no pixel is half defective."""
+def mask_to_array(image: Image.Image, size: Size) -> np.ndarray:
+    """uint8 (H, W) of 0/1: nearest resize so no pixel is half defective."""
+    height, width = as_hw(size)
     image = image.convert("L")
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.Resampling.NEAREST)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.NEAREST)
     return (np.asarray(image) > 0).astype(np.uint8)

@@ -38,6 +38,8 @@ class FolderLayout:
     train: tuple[FolderEntry, ...]
     test: tuple[FolderEntry, ...]
     problems: tuple[Problem, ...]
+    working_hw: tuple[int, int] | None = None  # (H, W) every image is brought to; set by
+    # validate_folder once it has seen every file's size
 
 
 def _images_in(folder: Path) -> list[Path]:

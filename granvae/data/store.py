@@ -16,6 +16,13 @@ Guarantees, and why:
   overwritten.
 - Every shard's sha256 is verified against the manifest before its arrays are used; the
   bytes hashed are the bytes parsed.
+
+Large images (docs/pipeline.md, "Working resolution"): a shard holds at most `shard_size`
+rows and at most `shard_bytes` of image plus mask pixels (64 MiB: 2048 rows of 64x64, 32 of
+1024x1024), so 64-px data sets shard exactly as before and a 1024-px set never makes a
+2 GB shard. write_dataset_streamed takes rows on demand (an import decodes one shard's
+files at a time); granvae.data.reader.open_split reads one split shard by shard, or only
+the shards that hold the rows asked for, each still verified before use.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +49,13 @@ from granvae.data.base import (
     concat_splits,
     take,
 )
-from granvae.data.validate import SPLITS, validate_dataset, validate_split
+from granvae.data.validate import (
+    SPLITS,
+    meta_problems,
+    split_problems,
+    validate_dataset,
+    validate_split,
+)
 from granvae.fsutil import swap_dir_into_place
 
 SCHEMA_VERSION = 1
@@ -49,6 +63,33 @@ MANIFEST = "manifest.json"
 FIELDS = ("images", "labels", "factors", "masks", "severity", "names")
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 META_KEYS = tuple(f.name for f in fields(DatasetMeta))
+SHARD_SIZE = 2048  # rows; the historical cap, kept so small data sets shard as they always did
+SHARD_BYTES = 64 * 2**20  # image + mask pixels per shard, before compression
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Rows of one split made on demand, so a writer holds one shard, not the split.
+
+    rows(start, stop) returns rows [start, stop) as a Split; count is the split's length.
+    """
+
+    count: int
+    rows: Callable[[int, int], Split]
+
+
+def in_memory(split: Split) -> SplitSource:
+    return SplitSource(len(split), lambda a, b: take(split, np.arange(a, b)))
+
+
+def rows_per_shard(meta: DatasetMeta, shard_size: int, shard_bytes: int) -> int:
+    """Rows of one shard: bounded by count and by uncompressed image + mask bytes."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if shard_bytes < 1:
+        raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
+    c, h, w = (int(x) for x in meta.observation_shape)
+    return max(1, min(shard_size, shard_bytes // ((c + 1) * h * w)))
 
 
 def _sha256(data: bytes) -> str:
@@ -106,21 +147,32 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode("utf-8")
 
 
-def _write_into(folder: Path, splits: dict[str, Split], meta: DatasetMeta, shard_size: int):
-    """Shards then manifest into `folder`; returns the manifest dict."""
-    shards, summary = [], {}
+def _write_into(
+    folder: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int
+) -> dict[str, Any]:
+    """Shards then manifest into `folder`, each shard validated as it is made; returns the
+    manifest, or raises one DataValidationError naming every bad row of every shard."""
+    shards, summary, problems = [], {}, []
     for name in SPLITS:
-        split = splits[name]
-        summary[name] = {"count": len(split), "class_counts": class_counts(split, meta.class_names)}
-        starts = range(0, max(len(split), 1), shard_size)  # an empty split still gets a shard
+        source = sources[name]
+        counts = dict.fromkeys(meta.class_names, 0)
+        starts = range(0, max(source.count, 1), per_shard)  # an empty split still gets a shard
         for k, start in enumerate(starts):
-            part = take(split, np.arange(start, min(start + shard_size, len(split))))
+            part = source.rows(start, min(start + per_shard, source.count))
+            problems += split_problems(name, part, meta)
+            if problems:
+                continue  # keep validating the rest; nothing here will be kept
+            for cls, n in class_counts(part, meta.class_names).items():
+                counts[cls] += n
             data = _npz_bytes(part)
             file_name = f"{name}-{k}.npz"
             _write_file(folder / file_name, data)
             shards.append(
                 {"file": file_name, "split": name, "count": len(part), "sha256": _sha256(data)}
             )
+        summary[name] = {"count": source.count, "class_counts": counts}
+    if problems:
+        raise DataValidationError(problems)
     manifest = {"schema_version": SCHEMA_VERSION, **_meta_fields(meta)}
     manifest.update(splits=summary, shards=shards)
     _write_file(folder / MANIFEST, manifest_bytes(manifest))
@@ -143,18 +195,45 @@ def _refuse_non_dataset(out: Path) -> None:
 
 
 def write_dataset(
-    out_dir: str | Path, splits: dict[str, Split], meta: DatasetMeta, shard_size: int = 2048
+    out_dir: str | Path,
+    splits: dict[str, Split],
+    meta: DatasetMeta,
+    shard_size: int = SHARD_SIZE,
+    shard_bytes: int = SHARD_BYTES,
 ) -> dict[str, Any]:
     """Validate, then write atomically; returns the manifest as written."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     validate_dataset(splits, meta)
-    out = Path(out_dir)
+    per_shard = rows_per_shard(meta, shard_size, shard_bytes)
+    sources = {name: in_memory(split) for name, split in splits.items()}
+    return _write_atomically(Path(out_dir), sources, meta, per_shard)
+
+
+def write_dataset_streamed(
+    out_dir: str | Path,
+    sources: dict[str, SplitSource],
+    meta: DatasetMeta,
+    shard_size: int = SHARD_SIZE,
+    shard_bytes: int = SHARD_BYTES,
+) -> dict[str, Any]:
+    """write_dataset for rows made on demand: the same bytes for the same rows, one shard in
+    memory at a time; every shard is validated and nothing is kept unless all pass."""
+    problems = meta_problems(meta)
+    if sorted(sources) != sorted(SPLITS):
+        problems.append(("splits", f"need exactly {list(SPLITS)}, got {sorted(sources)}"))
+    if problems:
+        raise DataValidationError(problems)
+    per_shard = rows_per_shard(meta, shard_size, shard_bytes)
+    return _write_atomically(Path(out_dir), sources, meta, per_shard)
+
+
+def _write_atomically(
+    out: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int
+) -> dict[str, Any]:
     _refuse_non_dataset(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _write_into(tmp, splits, meta, shard_size)
+        manifest = _write_into(tmp, sources, meta, per_shard)
         directory = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -218,16 +297,19 @@ def _read_shard(directory: Path, shard: dict[str, Any]) -> tuple[Split | None, l
     return split, []
 
 
-def _load_verified(directory: Path, manifest: dict[str, Any], name: str) -> Split:
-    """All shards of one split, or one error naming every bad shard."""
+def _split_shards(directory: Path, manifest: dict[str, Any], name: str) -> list[dict]:
     if name not in manifest["splits"]:
         raise ValueError(f"no split {name!r} in {directory}; splits: {sorted(manifest['splits'])}")
+    return [shard for shard in manifest["shards"] if shard["split"] == name]
+
+
+def _load_verified(directory: Path, manifest: dict[str, Any], name: str) -> Split:
+    """All shards of one split, or one error naming every bad shard."""
     parts, problems = [], []
-    for shard in manifest["shards"]:
-        if shard["split"] == name:
-            part, shard_problems = _read_shard(directory, shard)
-            problems += shard_problems
-            parts.append(part)
+    for shard in _split_shards(directory, manifest, name):
+        part, shard_problems = _read_shard(directory, shard)
+        problems += shard_problems
+        parts.append(part)
     if not parts and not problems:
         problems.append((f"{name}", "manifest lists no shards for this split"))
     if problems:
@@ -238,6 +320,7 @@ def _load_verified(directory: Path, manifest: dict[str, Any], name: str) -> Spli
 
 
 def load_split(directory: str | Path, split: str) -> Split:
+    """One split in memory; the other splits' shards are not read."""
     directory = Path(directory)
     return _load_verified(directory, read_manifest(directory), split)
 
@@ -249,8 +332,31 @@ def load_dataset(directory: str | Path) -> tuple[dict[str, Split], DatasetMeta]:
     return splits, meta_from_manifest(manifest)
 
 
+def _check_split(directory: Path, manifest: dict[str, Any], name: str) -> tuple[dict, list]:
+    """Counts of one split, verified one shard at a time; (summary, problems)."""
+    meta = meta_from_manifest(manifest)
+    shards = _split_shards(directory, manifest, name)
+    if not shards:
+        return {}, [(name, "manifest lists no shards for this split")]
+    counts, problems, total = dict.fromkeys(meta.class_names, 0), [], 0
+    for shard in shards:
+        part, shard_problems = _read_shard(directory, shard)
+        problems += shard_problems
+        if part is None:
+            continue
+        problems += split_problems(name, part, meta)
+        total += len(part)
+        for cls, n in class_counts(part, meta.class_names).items():
+            counts[cls] += n
+    expected = manifest["splits"][name]["count"]
+    if not problems and total != expected:
+        problems.append((name, f"holds {total} images, manifest says {expected}"))
+    return {"count": total, "class_counts": counts}, problems
+
+
 def check_dataset(directory: str | Path) -> dict[str, Any]:
-    """Verify every shard and split, reporting all problems at once; returns a summary."""
+    """Verify every shard and split, reporting all problems at once; returns a summary.
+    Reads one shard at a time, so checking a large data set needs one shard's memory."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     listed = {shard["file"] for shard in manifest["shards"]}
@@ -259,16 +365,11 @@ def check_dataset(directory: str | Path) -> dict[str, Any]:
         for p in sorted(directory.glob("*.npz"))
         if p.name not in listed
     ]
-    splits = {}
+    problems += meta_problems(meta_from_manifest(manifest))
+    summaries = {}
     for name in SPLITS:
-        try:
-            splits[name] = _load_verified(directory, manifest, name)
-        except DataValidationError as exc:
-            problems += exc.problems
-            continue
-        expected = manifest["splits"][name]["count"]
-        if len(splits[name]) != expected:
-            problems.append((name, f"holds {len(splits[name])} images, manifest says {expected}"))
+        summaries[name], split_problems_ = _check_split(directory, manifest, name)
+        problems += split_problems_
     if problems:
         raise DataValidationError(problems)
     meta = meta_from_manifest(manifest)
@@ -278,8 +379,5 @@ def check_dataset(directory: str | Path) -> dict[str, Any]:
         "observation_shape": list(meta.observation_shape),
         "n_shards": len(manifest["shards"]),
         "version": dataset_version(directory),
-        "splits": {
-            name: {"count": len(s), "class_counts": class_counts(s, meta.class_names)}
-            for name, s in splits.items()
-        },
+        "splits": summaries,
     }

@@ -3,8 +3,17 @@
 A retraining run that dies an hour in on a corrupt file, or silently trains on defects,
 costs more than reading every file twice. Two entry points:
 
-    validate_folder(root, image_size, channels)  files of an MVTec-style folder
-    validate_split(name, split, meta)            arrays against the Data contract
+    validate_folder(root, image_size, channels, mixed)  files of an MVTec-style folder
+    validate_split(name, split, meta)                   arrays against the Data contract
+
+Working resolution (docs/pipeline.md, "Working resolution"): `image_size` None keeps the
+images' own size (H, W; non-square is fine), the size most images share, ties to the first
+file; an int N or (H, W) brings every image there. `mixed` says what a folder whose images
+differ in size gets: "resize" (the default, today's behaviour and the edge's input.resize
+"bilinear") brings each to the working resolution; "refuse" names every file whose size
+differs from the folder's common size, for lines where a new size means a new camera.
+Either way an image smaller than the working resolution is refused: upsampling invents
+detail a defect detector would then learn.
 
 Duplicate detection runs on folders only (train vs test, by decoded pixels): generated
 splits sample factors with replacement, so an exact repeat there is expected, not leakage.
@@ -12,21 +21,24 @@ splits sample factors with replacement, so an exact repeat there is expected, no
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import ImageFile
 
 from granvae.data.base import GOOD, DatasetMeta, DataValidationError, Split
-from granvae.data.images import MASK_MODES, decode, mode_problem, pixel_digest
+from granvae.data.images import MASK_MODES, Size, as_hw, decode, mode_problem, pixel_digest
 from granvae.data.layout import FolderEntry, FolderLayout, Problem, scan_mvtec
 
 SPLITS = ("train", "val", "test")
 GOOD_ONLY_SPLITS = ("train", "val")
 MAX_LISTED = 5  # offending rows named per problem; enough to find them, short enough to read
+MIXED = ("resize", "refuse")
 
 
-def _check_image(entry: FolderEntry, image_size: int) -> tuple[list[Problem], str | None, tuple]:
+def _check_image(entry: FolderEntry) -> tuple[list[Problem], str | None, tuple]:
     """Problems of one image file, its pixel digest and its (width, height)."""
     try:
         image = decode(entry.path)
@@ -36,19 +48,31 @@ def _check_image(entry: FolderEntry, image_size: int) -> tuple[list[Problem], st
             None,
             (),
         )
-    problems = []
     reason = mode_problem(image)
-    if reason:
-        problems.append((entry.name, reason))
-    width, height = image.size
-    if width < image_size or height < image_size:
-        problems.append(
-            (
-                entry.name,
-                f"{width}x{height} is smaller than the model input {image_size}x{image_size}",
+    return ([(entry.name, reason)] if reason else []), pixel_digest(image), image.size
+
+
+def _size_problems(
+    sizes: dict[str, tuple[int, int]], image_size: Size | None, mixed: str
+) -> tuple[list[Problem], tuple[int, int] | None]:
+    """Mixed-size and too-small files, and the working (H, W); sizes are (width, height)."""
+    if not sizes:
+        return [], None if image_size is None else as_hw(image_size)
+    common_w, common_h = Counter(sizes.values()).most_common(1)[0][0]
+    working = (common_h, common_w) if image_size is None else as_hw(image_size)
+    height, width = working
+    problems = []
+    for name, (w, h) in sizes.items():
+        if mixed == "refuse" and (w, h) != (common_w, common_h):
+            problems.append(
+                (name, f"{w}x{h} differs from the folder's {common_w}x{common_h} (mixed: refuse)")
             )
-        )
-    return problems, pixel_digest(image), image.size
+        elif w < width or h < height:
+            problems.append(
+                (name, f"{w}x{h} is smaller than the model input {width}x{height} (the working "
+                 "resolution; upsampling would invent detail)")
+            )  # fmt: skip
+    return problems, working
 
 
 def _check_mask(entry: FolderEntry, root: Path, image_wh: tuple) -> list[Problem]:
@@ -68,10 +92,17 @@ def _check_mask(entry: FolderEntry, root: Path, image_wh: tuple) -> list[Problem
     return problems
 
 
-def validate_folder(root: str | Path, image_size: int, channels: int) -> FolderLayout:
-    """Check structure and every file; returns the layout that load_mvtec then reads."""
+def validate_folder(
+    root: str | Path, image_size: Size | None, channels: int, mixed: str = "resize"
+) -> FolderLayout:
+    """Check structure and every file; returns the layout that load_mvtec then reads, with
+    the working resolution in layout.working_hw. Files are decoded one at a time."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (L) or 3 (RGB), got {channels}")
+    if mixed not in MIXED:
+        raise ValueError(f"mixed must be one of {', '.join(MIXED)}, got {mixed!r}")
+    if image_size is not None and min(as_hw(image_size)) < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise DataValidationError(
             [("PIL.ImageFile.LOAD_TRUNCATED_IMAGES", "is True; truncated files would load")]
@@ -79,20 +110,26 @@ def validate_folder(root: str | Path, image_size: int, channels: int) -> FolderL
     layout = scan_mvtec(root)
     problems = list(layout.problems)
     train_digests: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for entry in layout.train:
-        file_problems, digest, _ = _check_image(entry, image_size)
+        file_problems, digest, size = _check_image(entry)
         problems += file_problems
         if digest is not None:
             train_digests.setdefault(digest, entry.name)
+            sizes[entry.name] = size
     for entry in layout.test:
-        file_problems, digest, size = _check_image(entry, image_size)
+        file_problems, digest, size = _check_image(entry)
         problems += file_problems + _check_mask(entry, layout.root, size)
+        if digest is not None:
+            sizes[entry.name] = size
         if digest in train_digests:
             twin = train_digests[digest]
             problems.append((entry.name, f"duplicate of {twin} (identical pixels in train)"))
+    size_problems, working = _size_problems(sizes, image_size, mixed)
+    problems += size_problems
     if problems:
         raise DataValidationError(problems)
-    return layout
+    return dataclasses.replace(layout, working_hw=working)
 
 
 def _bad_rows(flags: np.ndarray) -> np.ndarray:

@@ -143,8 +143,12 @@ def build_manifest(
     metrics: Mapping[str, Any] | None = None,
     calibrated_on: str | None = None,
     scoring: Mapping[str, Any] | None = None,
+    tiling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file).
+
+    ``tiling`` (granvae.export.tiled.tiling_block) marks a graph that scores tiles of a
+    larger part; the edge tiles, stitches, smooths and reduces by it.
 
     ``scoring`` is the score rule block (rule, smoothing, top-k share and, when the rule
     uses statistics of good images, the stats file shipped beside the model and its hash).
@@ -158,8 +162,10 @@ def build_manifest(
     if missing:
         raise ValueError(f"the ONNX graph lacks outputs {missing}")
     created = _now()
+    extra = {"tiling": dict(tiling)} if tiling else {}
     return _json_safe(
         {
+            **extra,
             "schema_version": SCHEMA_VERSION,
             "model_file": MODEL_FILE,
             "model_sha256": sha256_file(onnx_path),
@@ -229,6 +235,7 @@ def write_bundle(
     overwrite: bool = False,
     scoring: Mapping[str, Any] | None = None,
     stats_path: Path | str | None = None,
+    tiling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/{model.onnx, manifest.json}`` atomically; return the manifest.
 
@@ -250,6 +257,7 @@ def write_bundle(
         metrics=metrics,
         calibrated_on=calibrated_on,
         scoring=dict(scoring or {"rule": SCORE_NAME}),
+        tiling=tiling,
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

@@ -20,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from granvae.export.bundle import MANIFEST_FILE, MODEL_FILE, write_bundle
 from granvae.export.graph import ExportError, as_nhwc, export_onnx, make_session, run_session
 from granvae.export.parity import ParityResult, parity_check
 from granvae.export.quantize import compare_quantized, int8_acceptable, quantize_int8
+from granvae.export.tiled import parity_tiles, tiling_block
 from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig
+from granvae.scoring.head import TileGraph
 from granvae.scoring.stats import STATS_FILE
 from granvae.train import MODEL_DIR
 
@@ -124,6 +127,24 @@ def _scoring_block(scoring: ScoringConfig, stats: ScoreStats | None) -> dict[str
     return block
 
 
+def _graph_and_parity_images(
+    head: InspectionHead, val_images: np.ndarray
+) -> tuple[torch.nn.Module, np.ndarray, dict[str, Any] | None]:
+    """(module to export, NHWC images the parity gate runs on, manifest tiling block).
+
+    A tiled head exports its tile graph and is gated on tiles of the val images' scoring
+    grid; a whole-image head exports itself and is gated on the val images."""
+    cfg = head.model.config
+    if head.tiling is None:
+        return head, as_nhwc(val_images, cfg.image_size, cfg.in_channels), None
+    images = np.asarray(val_images)
+    if images.ndim != 4 or images.shape[1] != cfg.in_channels:
+        raise ValueError(f"tiled export needs NCHW val images with {cfg.in_channels} channels, "
+                         f"got shape {images.shape}")  # fmt: skip
+    block = tiling_block(head, images.shape[2], images.shape[3])
+    return TileGraph(head).eval(), parity_tiles(images, head.tiling), block
+
+
 def export_candidate(
     candidate_dir: Path | str,
     out_dir: Path | str,
@@ -163,18 +184,21 @@ def export_candidate(
     stats_path = Path(candidate_dir) / STATS_FILE
     stats = ScoreStats.load(candidate_dir) if stats_path.exists() else None
     head = InspectionHead(
-        model, group_list, scoring.rule, stats, scoring.smooth_sigma, scoring.topk_frac
-    ).eval()
+        model, group_list, scoring.rule, stats, scoring.smooth_sigma, scoring.topk_frac,
+        tiling=scoring.geometry(),
+    ).eval()  # fmt: skip
     thr = _as_threshold(threshold)
-    val = as_nhwc(val_images, cfg.image_size, cfg.in_channels)
+    graph, val, tiling = _graph_and_parity_images(head, val_images)
     if int8 and (test_images is None or test_labels is None):
         raise ValueError("int8=True needs test_images and test_labels to measure the AUROC change")
+    if int8 and tiling is not None:
+        raise ValueError("int8 export of tiled models is not supported: export fp32 (int8=False)")
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="granvae-export-") as tmp:
         work = Path(tmp)
         meta = onnx_metadata(info, group_list, thr, data_version)
-        fp32 = export_onnx(head, work / "model.fp32.onnx", opset=opset, metadata=meta)
-        parity = gate_parity(head, fp32, val, thr.value, rel_tol)
+        fp32 = export_onnx(graph, work / "model.fp32.onnx", opset=opset, metadata=meta)
+        parity = gate_parity(graph, fp32, val, thr.value, rel_tol)
         shipped, ship_thr, comparison = fp32, thr, None
         if int8:
             test = (as_nhwc(test_images, cfg.image_size, cfg.in_channels), np.asarray(test_labels))
@@ -189,7 +213,7 @@ def export_candidate(
             candidate=info, data_version=data_version, mlflow_model_uri=mlflow_model_uri,
             metrics=metrics, calibrated_on=calibrated_on, overwrite=overwrite,
             scoring=_scoring_block(scoring, stats),
-            stats_path=stats_path if stats is not None else None,
+            stats_path=stats_path if stats is not None else None, tiling=tiling,
         )  # fmt: skip
     return ExportResult(
         bundle_dir=out_dir,

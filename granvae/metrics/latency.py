@@ -108,6 +108,10 @@ def torch_score_fn(
     head = head.to(device).eval()
 
     def score(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if head.tiling is not None:  # full-size parts, tiled and stitched
+            from granvae.scoring.tiled import score_tiled
+
+            return score_tiled(head, batch.transpose(0, 3, 1, 2), device=device)
         with torch.inference_mode():
             out = head(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
             return {name: value.cpu().numpy() for name, value in out._asdict().items()}

@@ -57,6 +57,25 @@ def display(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else np.clip(image.transpose(1, 2, 0), 0, 1)
 
 
+def model_view(model: FactorizedVAE, images: np.ndarray, masks: np.ndarray | None = None):
+    """What a tiled model sees of full-size parts: one tile, centred on the defect when a
+    mask shows one, else on the part (whole-image models get the images unchanged)."""
+    size = model.config.image_size
+    if images.shape[-2:] == (size, size):
+        return images
+    h, w = images.shape[-2:]
+    out = []
+    for i, image in enumerate(images.reshape(-1, *images.shape[-3:])):
+        cy, cx = h // 2, w // 2
+        if masks is not None and masks[i].any():
+            ys, xs = np.nonzero(masks[i])
+            cy, cx = int(ys.mean()), int(xs.mean())
+        y = min(max(cy - size // 2, 0), h - size)
+        x = min(max(cx - size // 2, 0), w - size)
+        out.append(image[:, y : y + size, x : x + size])
+    return np.stack(out).reshape(*images.shape[:-2], size, size)
+
+
 @torch.no_grad()
 def traversal_grid(
     model: FactorizedVAE,
@@ -69,7 +88,7 @@ def traversal_grid(
     Holding the others at the image's own posterior mean shows what each
     latent controls for *this* part, which is what an engineer can judge.
     """
-    mu, _ = model.encode(to_unit(image[None]))
+    mu, _ = model.encode(to_unit(model_view(model, image[None])))
     values = torch.linspace(-span, span, steps)
     dims = mu.shape[1]
     z = mu.repeat(dims * steps, 1).view(dims, steps, dims)
@@ -179,7 +198,7 @@ def plot_reconstructions(
 def candidate_reconstructions(c: LoadedCandidate, test: Split, meta: DatasetMeta) -> Figure:
     per_class = max(2, 8 // len(np.unique(test.labels)))  # defect-free data: 8 good parts
     idx = example_indices(test.labels, per_class=per_class, limit=8)
-    images = test.images[idx]
+    images = model_view(c.model, test.images[idx], test.masks[idx])
     captions = [meta.class_names[test.labels[i]] for i in idx]
     return plot_reconstructions(
         images / 255.0,
@@ -205,6 +224,7 @@ def plot_heatmaps(
     captions: list[str],
     threshold: float | None,
     title: str,
+    map_label: str = "anomaly map",
 ) -> Figure:
     """Per example: the part with the true defect outlined, then the anomaly map on top."""
     n = len(images)
@@ -234,7 +254,7 @@ def plot_heatmaps(
         fraction=0.03,
         pad=0.01,
         aspect=30,
-        label="pixel reconstruction NLL (nats)",
+        label=map_label,
     )
     fig.suptitle(title)
     return fig
@@ -259,4 +279,5 @@ def candidate_heatmaps(c: LoadedCandidate, test: Split, meta: DatasetMeta) -> Fi
         captions,
         c.threshold,
         title,
+        map_label=f"anomaly map of the {c.head.score_kind} rule",
     )

@@ -13,7 +13,14 @@ import torch
 
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
-from granvae.scoring.head import FUSION_PARTS, RULES, InspectionHead, _Pass, batches_nhwc
+from granvae.scoring.head import (
+    FUSION_PARTS,
+    RULES,
+    InspectionHead,
+    _Pass,
+    batches_nhwc,
+    check_tile_rule,
+)
 from granvae.scoring.stats import (
     MAX_FIT_IMAGES,
     ScoreStats,
@@ -22,6 +29,7 @@ from granvae.scoring.stats import (
     latent_moments,
     residual_moments,
 )
+from granvae.scoring.tiling import Tiling, extract_tiles
 
 __all__ = ["build_head", "fit_head", "load_head", "save_head_scoring"]
 
@@ -75,13 +83,28 @@ def build_head(
     train_images: np.ndarray,
     smooth_sigma: float = 2.0,
     topk_frac: float = 0.01,
+    tiling: Tiling | None = None,
 ) -> InspectionHead:
     """The head a candidate is evaluated and shipped with: statistics fitted on its own
-    training images whatever the rule, so any rule can be looked at later from the folder."""
+    training images whatever the rule, so any rule can be looked at later from the folder.
+    A tiled head fits them on the scoring grid's tiles of (a sample of) those images."""
+    if tiling is not None:
+        check_tile_rule(rule)
+        train_images = _grid_tiles(train_images, tiling)
     head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
     fit_head(head, train_images)
-    head.score_kind = rule
+    head.score_kind, head.tiling = rule, tiling
     return head
+
+
+def _grid_tiles(images: np.ndarray, tiling: Tiling) -> np.ndarray:
+    """At least MAX_FIT_IMAGES grid tiles (when there are that many) from a seeded sample
+    of the images, without cutting every tile of every image."""
+    _, c, h, w = images.shape
+    per_image = len(tiling.grid(h, w))
+    n = min(len(images), -(-MAX_FIT_IMAGES // per_image))
+    keep = np.sort(np.random.default_rng(0).choice(len(images), n, replace=False))
+    return extract_tiles(images[keep], tiling).reshape(-1, c, tiling.tile, tiling.tile)
 
 
 def save_head_scoring(head: InspectionHead, directory: Path | str) -> None:
@@ -104,5 +127,5 @@ def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = No
     stats = ScoreStats.load(candidate_dir) if (candidate_dir / "score_stats.npz").exists() else None
     return InspectionHead(
         model, groups, score=rule or saved.rule, stats=stats,
-        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac,
+        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac, tiling=saved.geometry(),
     )  # fmt: skip

@@ -33,6 +33,7 @@ from granvae.models import FactorizedVAE
 from granvae.objectives import group_matrix
 from granvae.scoring import maps
 from granvae.scoring.stats import ScoreStats, ScoringConfig
+from granvae.scoring.tiling import Tiling
 
 FUSION_PARTS = ("zres_topk", "ssim_topk", "latent")
 NEEDS_STATS = frozenset({"zres_max", "zres_topk", "latent", "fusion"})
@@ -80,15 +81,15 @@ class _Pass:
             return self.nll()
         if name == "nll":
             return maps.smooth_map(self.map("nll_raw"), h.smooth_kernel)
-        if name == "l2":
-            return maps.smooth_map(self.residual().pow(2).sum(1), h.smooth_kernel)
-        if name == "ssim":
+        if name == "l2_raw":
+            return self.residual().pow(2).sum(1)
+        if name == "ssim_raw":
             recon = recon_mean(h.model.config.likelihood, self.params)
-            one_minus = 1.0 - maps.ssim_map(self.x, recon, h.ssim_kernel)
-            return maps.smooth_map(one_minus, h.smooth_kernel)
-        if name == "zres":
-            z = (self.residual() - h.pixel_mean) / h.pixel_std
-            return maps.smooth_map(z.pow(2).sum(1), h.smooth_kernel)
+            return 1.0 - maps.ssim_map(self.x, recon, h.ssim_kernel)
+        if name == "zres_raw":
+            return ((self.residual() - h.pixel_mean) / h.pixel_std).pow(2).sum(1)
+        if name in ("l2", "ssim", "zres"):
+            return maps.smooth_map(self.map(f"{name}_raw"), h.smooth_kernel)
         raise KeyError(name)
 
 
@@ -122,6 +123,44 @@ RULES: dict[str, tuple[ScoreFn, str]] = {
 }
 assert set(RULES) == set(SCORES)
 
+# Rules a tiled head can use: rule -> (the raw per-pixel map each tile emits, the reduction of
+# the stitched, smoothed map). Smoothing waits until the maps are stitched, so a tile border
+# never sees a padded edge; the summed and latent rules have no full-size map to stitch.
+TILE_RULES: dict[str, tuple[str, str]] = {
+    "nll_max": ("nll_raw", "max"),
+    "l2_max": ("l2_raw", "max"),
+    "l2_topk": ("l2_raw", "topk"),
+    "ssim_max": ("ssim_raw", "max"),
+    "ssim_topk": ("ssim_raw", "topk"),
+    "zres_max": ("zres_raw", "max"),
+    "zres_topk": ("zres_raw", "topk"),
+}
+
+
+def check_tile_rule(rule: str) -> tuple[str, str]:
+    if rule not in TILE_RULES:
+        raise ValueError(
+            f"score rule {rule!r} cannot score tiles (it has no per-pixel map to stitch); "
+            f"tiled models use one of {', '.join(TILE_RULES)}"
+        )
+    return TILE_RULES[rule]
+
+
+class TileGraph(nn.Module):
+    """The module a tiled head exports: its forward is the head's tile_outputs."""
+
+    def __init__(self, head: InspectionHead) -> None:
+        super().__init__()
+        self.head = head
+        self.likelihood = head.likelihood
+
+    @property
+    def model(self) -> FactorizedVAE:
+        return self.head.model
+
+    def forward(self, tiles: torch.Tensor) -> InspectionOutput:
+        return self.head.tile_outputs(tiles)
+
 
 class InspectionHead(nn.Module):
     """uint8 NHWC images in; the rule's score, its anomaly map, latent means and the KL of
@@ -135,12 +174,15 @@ class InspectionHead(nn.Module):
         stats: ScoreStats | None = None,
         smooth_sigma: float = 2.0,
         topk_frac: float = 0.01,
+        tiling: Tiling | None = None,
     ) -> None:
         super().__init__()
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         cfg = model.config
         self.score_kind = score
+        # Set: the model sees tiles of a larger part (granvae.scoring.tiled scores full images).
+        self.tiling = tiling
         self.model = model.eval()
         self.likelihood = cfg.likelihood
         self.smooth_sigma, self.topk_frac = float(smooth_sigma), float(topk_frac)
@@ -163,7 +205,11 @@ class InspectionHead(nn.Module):
 
     @property
     def config(self) -> ScoringConfig:
-        return ScoringConfig(self.score_kind, self.smooth_sigma, self.topk_frac)
+        t = self.tiling
+        return ScoringConfig(
+            self.score_kind, self.smooth_sigma, self.topk_frac,
+            tile=None if t is None else t.tile, stride=None if t is None else t.stride,
+        )  # fmt: skip
 
     def set_stats(self, stats: ScoreStats) -> None:
         for name in ScoreStats.__dataclass_fields__:
@@ -184,6 +230,15 @@ class InspectionHead(nn.Module):
         score_fn, map_name = RULES[self.score_kind]
         attribution = kl_to_standard_normal(p.mu, p.logvar) @ self.groups
         return InspectionOutput(score_fn(p), p.map(map_name), p.mu, attribution)
+
+    def tile_outputs(self, tiles: torch.Tensor) -> InspectionOutput:
+        """uint8 NHWC tiles in; per tile: the max of the rule's raw map (which tile explains
+        the image), the raw map to stitch, latent means and group KL. The tiled graph."""
+        raw_name, _ = check_tile_rule(self.score_kind)
+        p = _Pass(self, tiles)
+        raw = p.map(raw_name)
+        attribution = kl_to_standard_normal(p.mu, p.logvar) @ self.groups
+        return InspectionOutput(maps.max_value(raw), raw, p.mu, attribution)
 
     def all_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every rule's score from one pass (the benchmark compares rules on one model)."""
@@ -206,7 +261,12 @@ def score_images(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Score uint8 NCHW images (the dataset layout) in batches; numpy out."""
+    """Score uint8 NCHW images (the dataset layout) in batches; numpy out. A tiled head
+    scores full-size images tile by tile (granvae.scoring.tiled)."""
+    if head.tiling is not None:
+        from granvae.scoring.tiled import score_tiled
+
+        return score_tiled(head, images, device=device)
     head = head.to(device)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in InspectionOutput._fields}
     for batch in batches_nhwc(images, batch_size, device):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from granvae.scoring.tiling import Tiling
+
 STATS_FILE = "score_stats.npz"
 SCORING_FILE = "scoring.json"
 MAX_FIT_IMAGES = 1024
@@ -79,11 +81,16 @@ def component_moments(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Which rule a head scores with and its two shape parameters (scoring.json)."""
+    """Which rule a head scores with, its shape parameters and its tiles (scoring.json)."""
 
     rule: str = "zres_topk"
     smooth_sigma: float = 2.0
     topk_frac: float = 0.01
+    tile: int | None = None  # set: the model scores tiles of this side (granvae.scoring.tiling)
+    stride: int | None = None
+
+    def geometry(self) -> Tiling | None:
+        return None if self.tile is None else Tiling(self.tile, self.stride or self.tile)
 
     def save(self, directory: Path | str) -> Path:
         path = Path(directory) / SCORING_FILE

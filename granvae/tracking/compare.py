@@ -122,9 +122,14 @@ def _load_eval_set(store: Store, mv: ModelVersion, tmp: Path) -> dict[str, np.nd
 def _score_onnx(folder: Path, images: np.ndarray) -> np.ndarray:
     from granvae.export.graph import as_nhwc, make_session, run_session
 
-    spec = json.loads((folder / "manifest.json").read_text()).get("input", {})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    spec = manifest.get("input", {})
     size, channels = int(spec.get("height", images.shape[-1])), int(spec.get("channels", 1))
     session = make_session(folder / "model.onnx", threads=1)
+    if manifest.get("tiling"):  # the graph scores tiles; the part's score is stitched
+        from granvae.export.tiled import onnx_tiled_scores
+
+        return onnx_tiled_scores(session, images, manifest["tiling"])
     return run_session(session, as_nhwc(images, size, channels))["score"]
 
 
@@ -142,7 +147,7 @@ def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarr
     stats = ScoreStats.load(folder) if (folder / STATS_FILE).is_file() else None
     head = InspectionHead(
         model, groups, score=saved.rule, stats=stats,
-        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac,
+        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac, tiling=saved.geometry(),
     )  # fmt: skip
     return score_images(head, images)["score"]
 

@@ -1,0 +1,125 @@
+"""What tiles buy: small defects on high-resolution parts, tiles vs the part resized to 64 px.
+
+`python benchmarks/inspection.py --highres 512 --datasets ''` runs it (rows join the peer
+table); this module holds the comparison so the peer benchmark stays one job per file.
+
+The same generated parts (surfaces at --highres px, defects of --defect-px px at severity
+1) are scored four ways on the same splits, with the same 1% false-alarm threshold rule:
+
+    granvae:tiles      a model trained on random 64-px tiles; scoring stitches a tile grid
+    granvae:resize64   a whole-image model on the parts resized to 64 px (the old import),
+                       trained for the same number of optimiser steps
+    <peer>@64          the peers on the resized parts
+    pixel_gaussian     the per-pixel Gaussian peer at full resolution (cheap at any size)
+
+Pixel metrics are at full resolution: resized-path maps are upsampled (bilinear) first.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from granvae.data.generate import generate
+from granvae.models import FactorizedVAE
+from granvae.objectives import make_groups
+from granvae.peers import PEERS
+from granvae.scoring import build_head, score_images
+from granvae.scoring.tiling import TilingConfig
+from granvae.train import train
+
+SMALL = 64
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """What `granvae data import --image-size 64` does (Pillow bilinear), NCHW uint8."""
+    return np.stack([
+        np.stack([np.asarray(Image.fromarray(ch).resize((size, size), Image.Resampling.BILINEAR))
+                  for ch in img])
+        for img in images
+    ])  # fmt: skip
+
+
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[:, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def _train_and_score(splits, settings, seed, out, tiling: TilingConfig | None, epochs: int):
+    images = splits["train"].images
+    side = tiling.tile if tiling else images.shape[-1]
+    model_cfg = settings.model.model_copy(update={"image_size": side, "in_channels": 1})
+    cfg = settings.train.model_copy(update={"seed": seed, "epochs": epochs})
+    t0 = time.perf_counter()
+    result = train(images, model_cfg, settings.objective, cfg, out, resume=False, progress=False,
+                   val_images=splits["val"].images, tiling=tiling)  # fmt: skip
+    train_s = time.perf_counter() - t0
+    model = FactorizedVAE.load(result.model_dir).eval()
+    groups = make_groups(model_cfg.latent_dim, settings.objective.granularity)
+    geometry = tiling.geometry() if tiling else None
+    head = build_head(model, groups, settings.evaluation.score, images,
+                      settings.evaluation.smooth_sigma, settings.evaluation.topk_frac,
+                      tiling=geometry)  # fmt: skip
+    val = score_images(head, splits["val"].images)["score"]
+    t0 = time.perf_counter()
+    test = score_images(head, splits["test"].images)
+    ms = 1000 * (time.perf_counter() - t0) / len(splits["test"])
+    steps = result.epochs_completed * (len(images) * (tiling.tiles_per_image if tiling else 1)
+                                       // cfg.batch_size)  # fmt: skip
+    return val, test, train_s, ms, steps
+
+
+def bench_highres(args, settings, out: Path, bench) -> list[dict]:
+    """Rows in the peer table's format; ``bench`` is the benchmarks/inspection module."""
+    size = args.highres
+    full, _ = generate("surfaces", args.n_train, args.n_val, args.n_test, seed=0,
+                       image_size=size, defect_px=args.defect_px)  # fmt: skip
+    small = {name: split.__class__(**{**split.__dict__, "images": resize(split.images, SMALL)})
+             for name, split in full.items()}  # fmt: skip
+    labels, masks = full["test"].labels, full["test"].masks
+    name = f"surfaces@{size} ({args.defect_px:g}px defects)"
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def add(method, scored, maps, train_s, ms, extra=None):
+        row = {"dataset": name, "method": method, "train_s": train_s, "ms_per_image": ms,
+               **(extra or {})}  # fmt: skip
+        row.update(bench.recall_with_interval(scored, labels, rng))
+        row.update(bench.pixel_metrics(maps, masks))
+        rows.append(row)
+        bench.console.log(f"{name} {method}: recall {row['recall']:.3f} "
+                          f"auroc {row['image_auroc']:.3f}")  # fmt: skip
+
+    for peer in PEERS:
+        scored, fit_s, ms = bench.run_peer(peer, small)
+        add(f"{peer}@64", scored, None if scored.maps is None else upsample(scored.maps, size),
+            fit_s, ms)  # fmt: skip
+    scored, fit_s, ms = bench.run_peer("pixel_gaussian", full)
+    add(f"pixel_gaussian@{size}", scored, scored.maps, fit_s, ms)
+
+    tiling = settings.tiling if settings.tiling.tile else TilingConfig(tile=SMALL)
+    runs = {"tiles": ([], [], [], [], []), "resize64": ([], [], [], [], [])}
+    for seed in args.seeds:
+        v, t, s, ms, steps = _train_and_score(full, settings, seed, out / f"tiles-s{seed}",
+                                              tiling, settings.train.epochs)  # fmt: skip
+        for store, value in zip(runs["tiles"], (v, t, s, ms, t["anomaly_map"]), strict=True):
+            store.append(value)
+        # the same optimiser steps for the whole-image model (it sees 1 image, not k tiles)
+        epochs = max(1, steps // max(1, len(small["train"]) // settings.train.batch_size))
+        v, t, s, ms, _ = _train_and_score(small, settings, seed, out / f"resize-s{seed}",
+                                          None, epochs)  # fmt: skip
+        for store, value in zip(runs["resize64"], (v, t, s, ms, t["anomaly_map"]), strict=True):
+            store.append(value)
+    for method, (vals, tests, secs, mss, maps) in runs.items():
+        scored = bench.Scored(vals, [t["score"] for t in tests], None)
+        shown = maps[0] if method == "tiles" else upsample(maps[0], size)
+        extra = {"seeds": len(args.seeds)}
+        if method == "tiles":
+            extra["tiling"] = f"tile {tiling.tile}, stride {tiling.stride or tiling.tile}"
+        add(f"granvae:{method}", scored, shown, float(np.mean(secs)), float(np.mean(mss)), extra)
+    return rows

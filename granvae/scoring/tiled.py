@@ -1,0 +1,71 @@
+"""Score full-size parts with a head whose model was trained on tiles.
+
+Each image is covered by the head's tile grid (granvae.scoring.tiling); the tiles go
+through the model in batches, their raw maps are stitched (mean over overlaps), the
+stitched map is smoothed once and reduced by the rule (max or top-k mean over the whole
+part). The latent means and group attribution reported for an image are those of the tile
+whose raw map peaks highest: the tile that explains the alarm. The edge runtime repeats
+these steps in numpy on the graph's tile outputs; the parity tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from granvae.scoring import maps
+from granvae.scoring.head import InspectionHead, InspectionOutput, batches_nhwc, check_tile_rule
+from granvae.scoring.tiling import extract_tiles, stitch
+
+
+def topk_pixels(head: InspectionHead, height: int, width: int) -> int:
+    """k of the *_topk rules on a full-size part: the same share of its pixels."""
+    return max(1, int(round(head.topk_frac * height * width)))
+
+
+def reduce_map(smoothed: torch.Tensor, reduction: str, k: int) -> torch.Tensor:
+    return maps.max_value(smoothed) if reduction == "max" else maps.topk_mean(smoothed, k)
+
+
+def _tile_pass(head: InspectionHead, tiles: np.ndarray, batch_size: int, device) -> dict:
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in InspectionOutput._fields}
+    for batch in batches_nhwc(tiles, batch_size, device):
+        for name, value in head.tile_outputs(batch)._asdict().items():
+            parts[name].append(value.float())
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+@torch.no_grad()
+def score_tiled(
+    head: InspectionHead,
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """uint8 NCHW full-size images -> score (N,), full-size anomaly_map (N, H, W), and the
+    explaining tile's latent_mean (N, D) and group_attribution (N, G)."""
+    tiling = head.tiling
+    if tiling is None:
+        raise ValueError("score_tiled needs a head with tiling set")
+    _, reduction = check_tile_rule(head.score_kind)
+    head = head.to(device).eval()
+    n, c, h, w = images.shape
+    n_tiles = len(tiling.grid(h, w))
+    k = topk_pixels(head, h, w)
+    per_chunk = max(1, batch_size // n_tiles)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in InspectionOutput._fields}
+    for start in range(0, n, per_chunk):
+        tiles = extract_tiles(images[start : start + per_chunk], tiling)
+        m = len(tiles)
+        flat = tiles.reshape(m * n_tiles, c, tiling.tile, tiling.tile)
+        res = {key: v.reshape(m, n_tiles, *v.shape[1:]).cpu()
+               for key, v in _tile_pass(head, flat, batch_size, device).items()}  # fmt: skip
+        kernel = head.smooth_kernel.cpu()
+        smoothed = maps.smooth_map(stitch(res["anomaly_map"], tiling, h, w), kernel)
+        best = res["score"].argmax(1)  # first maximum on ties, as numpy's argmax
+        rows = torch.arange(m)
+        out["score"].append(reduce_map(smoothed, reduction, k).numpy())
+        out["anomaly_map"].append(smoothed.numpy())
+        out["latent_mean"].append(res["latent_mean"][rows, best].numpy())
+        out["group_attribution"].append(res["group_attribution"][rows, best].numpy())
+    return {name: np.concatenate(chunks) for name, chunks in out.items()}
