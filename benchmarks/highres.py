@@ -4,7 +4,9 @@
 table); this module holds the comparison so the peer benchmark stays one job per file.
 
 The same generated parts (surfaces at --highres px, defects of --defect-px px at severity
-1) are scored four ways on the same splits, with the same 1% false-alarm threshold rule:
+1; `--highres-frame part` shows the whole part on its fixture, `surface` only the middle of
+its surface, as a camera framing the surface would) are scored four ways on the same
+splits, with the same 1% false-alarm threshold rule:
 
     granvae:tiles      a model trained on random 64-px tiles; scoring stitches a tile grid
     granvae:resize64   a whole-image model on the parts resized to 64 px (the old import),
@@ -74,15 +76,39 @@ def _train_and_score(splits, settings, seed, out, tiling: TilingConfig | None, e
     return val, test, train_s, ms, steps
 
 
+def framed(n_train: int, n_val: int, n_test: int, size: int, defect_px: float) -> dict:
+    """The camera frames the surface: parts rendered at twice the size and cut to their
+    middle, so no fixture edge is in view; test images whose defect fell outside the cut
+    are dropped (their defect is not in the picture)."""
+    full, _ = generate("surfaces", n_train, n_val, n_test, seed=0, image_size=2 * size,
+                       defect_px=defect_px)  # fmt: skip
+    a, b = size // 2, size // 2 + size
+    out = {}
+    for name, split in full.items():
+        keep = np.ones(len(split), bool)
+        masks = split.masks[:, a:b, a:b]
+        keep &= (split.labels == 0) | masks.reshape(len(split), -1).any(1)
+        out[name] = split.__class__(
+            images=np.ascontiguousarray(split.images[keep][:, :, a:b, a:b]),
+            labels=split.labels[keep], factors=split.factors[keep],
+            masks=np.ascontiguousarray(masks[keep]), severity=split.severity[keep],
+            names=tuple(n for n, k in zip(split.names, keep, strict=True) if k),
+        )  # fmt: skip
+    return out
+
+
 def bench_highres(args, settings, out: Path, bench) -> list[dict]:
     """Rows in the peer table's format; ``bench`` is the benchmarks/inspection module."""
     size = args.highres
-    full, _ = generate("surfaces", args.n_train, args.n_val, args.n_test, seed=0,
-                       image_size=size, defect_px=args.defect_px)  # fmt: skip
+    if args.highres_frame == "surface":
+        full = framed(args.n_train, args.n_val, args.n_test, size, args.defect_px)
+    else:
+        full, _ = generate("surfaces", args.n_train, args.n_val, args.n_test, seed=0,
+                           image_size=size, defect_px=args.defect_px)  # fmt: skip
     small = {name: split.__class__(**{**split.__dict__, "images": resize(split.images, SMALL)})
              for name, split in full.items()}  # fmt: skip
     labels, masks = full["test"].labels, full["test"].masks
-    name = f"surfaces@{size} ({args.defect_px:g}px defects)"
+    name = f"surfaces@{size} {args.highres_frame} ({args.defect_px:g}px defects)"
     rng = np.random.default_rng(0)
     rows = []
 

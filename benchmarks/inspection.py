@@ -277,6 +277,8 @@ def main() -> None:
     ap.add_argument("--budget", action="store_true", help="also: recall vs training minutes")
     ap.add_argument("--highres", type=int, default=0,
                     help="also: surfaces at this many px, tiles vs resize-to-64")
+    ap.add_argument("--highres-frame", choices=("part", "surface"), default="part",
+                    help="whole part on its fixture, or the middle of its surface")
     ap.add_argument("--defect-px", type=float, default=12.0,
                     help="defect size at severity 1 for --highres parts")  # fmt: skip
     ap.add_argument("--diagnose-only", action="store_true",
