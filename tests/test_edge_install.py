@@ -105,16 +105,20 @@ def test_fresh_venv_has_no_torch_and_no_granvae(fresh_venv, tmp_path):
     assert not [d for d in report["installed"] if "torch" in d or d in ("mlflow", "granvae")]
 
 
-def test_console_script_runs_in_fresh_venv(fresh_venv, tmp_path):
-    bundle = make_bundle(tmp_path / "bundle")
-    result = subprocess.run(
+def _verify(fresh_venv, bundle, cwd) -> subprocess.CompletedProcess[str]:
+    """`granvae-edge verify` (load, check, smoke-score a blank image) in the torch-free venv."""
+    return subprocess.run(
         [str(fresh_venv / "bin" / "granvae-edge"), "verify", str(bundle)],
         capture_output=True,
         text=True,
         timeout=60,
         env=_clean_env(),
-        cwd=tmp_path,
+        cwd=cwd,
     )
+
+
+def test_console_script_runs_in_fresh_venv(fresh_venv, tmp_path):
+    result = _verify(fresh_venv, make_bundle(tmp_path / "bundle"), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK")
 
@@ -122,13 +126,6 @@ def test_console_script_runs_in_fresh_venv(fresh_venv, tmp_path):
 def test_tiled_bundle_scores_in_fresh_venv(fresh_venv, tmp_path):
     """Tiling, stitching and smoothing are numpy only: a full-size image scores without torch."""
     bundle = make_bundle(tmp_path / "bundle", tiling=tiling_block(32, 16, 256))
-    result = subprocess.run(
-        [str(fresh_venv / "bin" / "granvae-edge"), "verify", str(bundle)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_clean_env(),
-        cwd=tmp_path,
-    )
+    result = _verify(fresh_venv, bundle, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "225 tiles of an image 256x256, stride 16" in result.stdout

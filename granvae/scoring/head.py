@@ -254,6 +254,21 @@ def batches_nhwc(images: np.ndarray, batch_size: int, device):
         yield batch.permute(0, 2, 3, 1).to(device)
 
 
+def outputs_in_batches(
+    forward: Callable[[torch.Tensor], InspectionOutput],
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device | str,
+) -> dict[str, torch.Tensor]:
+    """Every InspectionOutput field of ``forward`` over uint8 NCHW images, batch by batch,
+    concatenated as float tensors on the CPU."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in InspectionOutput._fields}
+    for batch in batches_nhwc(images, batch_size, device):
+        for name, value in forward(batch)._asdict().items():
+            parts[name].append(value.float().cpu())
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
 @torch.no_grad()
 def score_images(
     head: InspectionHead,
@@ -266,13 +281,9 @@ def score_images(
     if head.tiling is not None:
         from granvae.scoring.tiled import score_tiled
 
-        return score_tiled(head, images, device=device)
-    head = head.to(device)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in InspectionOutput._fields}
-    for batch in batches_nhwc(images, batch_size, device):
-        for name, value in head(batch)._asdict().items():
-            parts[name].append(value.float().cpu().numpy())
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        return score_tiled(head, images, batch_size, device)
+    out = outputs_in_batches(head.to(device), images, batch_size, device)
+    return {name: value.numpy() for name, value in out.items()}
 
 
 @torch.no_grad()

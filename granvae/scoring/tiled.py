@@ -14,7 +14,12 @@ import numpy as np
 import torch
 
 from granvae.scoring import maps
-from granvae.scoring.head import InspectionHead, InspectionOutput, batches_nhwc, check_tile_rule
+from granvae.scoring.head import (
+    InspectionHead,
+    InspectionOutput,
+    check_tile_rule,
+    outputs_in_batches,
+)
 from granvae.scoring.tiling import extract_tiles, stitch
 
 
@@ -25,14 +30,6 @@ def topk_pixels(head: InspectionHead, height: int, width: int) -> int:
 
 def reduce_map(smoothed: torch.Tensor, reduction: str, k: int) -> torch.Tensor:
     return maps.max_value(smoothed) if reduction == "max" else maps.topk_mean(smoothed, k)
-
-
-def _tile_pass(head: InspectionHead, tiles: np.ndarray, batch_size: int, device) -> dict:
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in InspectionOutput._fields}
-    for batch in batches_nhwc(tiles, batch_size, device):
-        for name, value in head.tile_outputs(batch)._asdict().items():
-            parts[name].append(value.float())
-    return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
 @torch.no_grad()
@@ -58,8 +55,8 @@ def score_tiled(
         tiles = extract_tiles(images[start : start + per_chunk], tiling)
         m = len(tiles)
         flat = tiles.reshape(m * n_tiles, c, tiling.tile, tiling.tile)
-        res = {key: v.reshape(m, n_tiles, *v.shape[1:]).cpu()
-               for key, v in _tile_pass(head, flat, batch_size, device).items()}  # fmt: skip
+        per_tile = outputs_in_batches(head.tile_outputs, flat, batch_size, device)
+        res = {key: v.reshape(m, n_tiles, *v.shape[1:]) for key, v in per_tile.items()}
         kernel = head.smooth_kernel.cpu()
         smoothed = maps.smooth_map(stitch(res["anomaly_map"], tiling, h, w), kernel)
         best = res["score"].argmax(1)  # first maximum on ties, as numpy's argmax
