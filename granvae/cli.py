@@ -21,7 +21,7 @@ def _option(loc: tuple) -> str:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line, even piped
     raise typer.Exit(code=2)
 
 

@@ -23,7 +23,7 @@ NameOpt = Annotated[str | None, typer.Option("--model-name", help="registered mo
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line, even piped
     raise typer.Exit(code=code)
 
 

@@ -27,7 +27,7 @@ DEFAULT_ROOT = Path("runs/stack")
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+    console.print(f"[red]error:[/red] {err}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
