@@ -26,7 +26,7 @@ from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, build_head, save_head_scoring, score_images
-from granvae.scoring.tiling import Tiling, extract_tiles
+from granvae.scoring.tiling import Tiling, grid_tiles
 
 ACTIVE_UNIT_VAR = 0.01
 EVALUATION_FILE = "evaluation.json"
@@ -144,12 +144,8 @@ def _inspection(
 
 
 def _model_inputs(images: np.ndarray, tiling: Tiling | None) -> np.ndarray:
-    """Images as the model sees them: whole, or the grid tiles of a sample of them."""
-    if tiling is None:
-        return images
-    _, c, h, w = images.shape
-    n = max(1, min(len(images), -(-MAX_ELBO_TILES // len(tiling.grid(h, w)))))
-    return extract_tiles(images[:n], tiling).reshape(-1, c, tiling.tile, tiling.tile)
+    """Images as the model sees them: whole, or the grid tiles of the first few of them."""
+    return images if tiling is None else grid_tiles(images, tiling, MAX_ELBO_TILES)
 
 
 def evaluate_candidate(

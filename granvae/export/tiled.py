@@ -18,8 +18,8 @@ import torch
 from granvae.export.graph import run_session
 from granvae.scoring import maps
 from granvae.scoring.head import TILE_RULES, InspectionHead
-from granvae.scoring.tiled import reduce_map, topk_pixels
-from granvae.scoring.tiling import Tiling, extract_tiles, stitch
+from granvae.scoring.tiled import part_map_and_score, topk_pixels
+from granvae.scoring.tiling import Tiling, extract_tiles, grid_tiles
 
 PARITY_TILES = 256  # tiles the parity gate compares (a sample of the val images' grid)
 
@@ -43,10 +43,7 @@ def tiling_block(head: InspectionHead, height: int, width: int) -> dict[str, Any
 
 def parity_tiles(images: np.ndarray, tiling: Tiling, limit: int = PARITY_TILES) -> np.ndarray:
     """NHWC uint8 tiles of the scoring grid of NCHW images, evenly sampled to ``limit``."""
-    _, c, _, _ = images.shape
-    per_image = len(tiling.grid(images.shape[2], images.shape[3]))
-    n_images = min(len(images), -(-limit // per_image))
-    tiles = extract_tiles(images[:n_images], tiling).reshape(-1, c, tiling.tile, tiling.tile)
+    tiles = grid_tiles(images, tiling, limit)
     keep = np.linspace(0, len(tiles) - 1, min(limit, len(tiles))).round().astype(int)
     return np.ascontiguousarray(tiles[keep].transpose(0, 2, 3, 1))
 
@@ -63,7 +60,9 @@ def onnx_tiled_scores(
     for image in images:
         tiles = extract_tiles(image[None], tiling).reshape(n_tiles, c, tiling.tile, tiling.tile)
         raw = run_session(session, np.ascontiguousarray(tiles.transpose(0, 2, 3, 1)))
-        full = stitch(torch.from_numpy(raw["anomaly_map"])[None], tiling, h, w)
-        smoothed = maps.smooth_map(full, kernel)
-        scores.append(float(reduce_map(smoothed, block["reduce"], int(block.get("topk", 1)))[0]))
+        tile_maps = torch.from_numpy(raw["anomaly_map"])[None]
+        _, score = part_map_and_score(
+            tile_maps, tiling, h, w, kernel, block["reduce"], int(block.get("topk", 1))
+        )
+        scores.append(float(score[0]))
     return np.asarray(scores, np.float32)

@@ -29,7 +29,7 @@ from granvae.scoring.stats import (
     latent_moments,
     residual_moments,
 )
-from granvae.scoring.tiling import Tiling, extract_tiles
+from granvae.scoring.tiling import Tiling, grid_tiles
 
 __all__ = ["build_head", "fit_head", "load_head", "save_head_scoring"]
 
@@ -90,21 +90,12 @@ def build_head(
     A tiled head fits them on the scoring grid's tiles of (a sample of) those images."""
     if tiling is not None:
         check_tile_rule(rule)
-        train_images = _grid_tiles(train_images, tiling)
+        # a seeded sample of images, all grid tiles of each, about MAX_FIT_IMAGES in all
+        train_images = grid_tiles(train_images, tiling, MAX_FIT_IMAGES, np.random.default_rng(0))
     head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
     fit_head(head, train_images)
     head.score_kind, head.tiling = rule, tiling
     return head
-
-
-def _grid_tiles(images: np.ndarray, tiling: Tiling) -> np.ndarray:
-    """At least MAX_FIT_IMAGES grid tiles (when there are that many) from a seeded sample
-    of the images, without cutting every tile of every image."""
-    _, c, h, w = images.shape
-    per_image = len(tiling.grid(h, w))
-    n = min(len(images), -(-MAX_FIT_IMAGES // per_image))
-    keep = np.sort(np.random.default_rng(0).choice(len(images), n, replace=False))
-    return extract_tiles(images[keep], tiling).reshape(-1, c, tiling.tile, tiling.tile)
 
 
 def save_head_scoring(head: InspectionHead, directory: Path | str) -> None:

@@ -20,7 +20,7 @@ from granvae.scoring.head import (
     check_tile_rule,
     outputs_in_batches,
 )
-from granvae.scoring.tiling import extract_tiles, stitch
+from granvae.scoring.tiling import Tiling, extract_tiles, stitch
 
 
 def topk_pixels(head: InspectionHead, height: int, width: int) -> int:
@@ -28,8 +28,20 @@ def topk_pixels(head: InspectionHead, height: int, width: int) -> int:
     return max(1, int(round(head.topk_frac * height * width)))
 
 
-def reduce_map(smoothed: torch.Tensor, reduction: str, k: int) -> torch.Tensor:
-    return maps.max_value(smoothed) if reduction == "max" else maps.topk_mean(smoothed, k)
+def part_map_and_score(
+    tile_maps: torch.Tensor,
+    tiling: Tiling,
+    height: int,
+    width: int,
+    kernel: torch.Tensor,
+    reduction: str,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T, tile, tile) raw tile maps -> the smoothed full-size maps (N, H, W) and the
+    parts' scores (N,): stitch, smooth once, reduce by ``reduction`` ("max" | "topk")."""
+    smoothed = maps.smooth_map(stitch(tile_maps, tiling, height, width), kernel)
+    score = maps.max_value(smoothed) if reduction == "max" else maps.topk_mean(smoothed, k)
+    return smoothed, score
 
 
 @torch.no_grad()
@@ -50,6 +62,7 @@ def score_tiled(
     n_tiles = len(tiling.grid(h, w))
     k = topk_pixels(head, h, w)
     per_chunk = max(1, batch_size // n_tiles)
+    kernel = head.smooth_kernel.cpu()
     out: dict[str, list[np.ndarray]] = {name: [] for name in InspectionOutput._fields}
     for start in range(0, n, per_chunk):
         tiles = extract_tiles(images[start : start + per_chunk], tiling)
@@ -57,11 +70,10 @@ def score_tiled(
         flat = tiles.reshape(m * n_tiles, c, tiling.tile, tiling.tile)
         per_tile = outputs_in_batches(head.tile_outputs, flat, batch_size, device)
         res = {key: v.reshape(m, n_tiles, *v.shape[1:]) for key, v in per_tile.items()}
-        kernel = head.smooth_kernel.cpu()
-        smoothed = maps.smooth_map(stitch(res["anomaly_map"], tiling, h, w), kernel)
+        smoothed, score = part_map_and_score(res["anomaly_map"], tiling, h, w, kernel, reduction, k)
         best = res["score"].argmax(1)  # first maximum on ties, as numpy's argmax
         rows = torch.arange(m)
-        out["score"].append(reduce_map(smoothed, reduction, k).numpy())
+        out["score"].append(score.numpy())
         out["anomaly_map"].append(smoothed.numpy())
         out["latent_mean"].append(res["latent_mean"][rows, best].numpy())
         out["group_attribution"].append(res["group_attribution"][rows, best].numpy())

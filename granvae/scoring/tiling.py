@@ -86,6 +86,17 @@ def extract_tiles(images: np.ndarray, tiling: Tiling) -> np.ndarray:
     return np.stack([images[:, :, y : y + t, x : x + t] for y, x in tiling.grid(h, w)], axis=1)
 
 
+def grid_tiles(
+    images: np.ndarray, tiling: Tiling, max_tiles: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """(M, C, tile, tile): every grid tile of as few of the NCHW images as give ``max_tiles``
+    (the first ones, or a sorted sample drawn with ``rng``), not every tile of every image."""
+    _, c, h, w = images.shape
+    n = max(1, min(len(images), -(-max_tiles // len(tiling.grid(h, w)))))
+    keep = np.arange(n) if rng is None else np.sort(rng.choice(len(images), n, replace=False))
+    return extract_tiles(images[keep], tiling).reshape(-1, c, tiling.tile, tiling.tile)
+
+
 def stitch(tile_maps: torch.Tensor, tiling: Tiling, height: int, width: int) -> torch.Tensor:
     """(N, T, tile, tile) per-tile maps -> (N, H, W), the mean over overlapping tiles."""
     grid = tiling.grid(height, width)
