@@ -263,12 +263,14 @@ def export_cmd(
     from granvae.config import SettingsError, load_settings
     from granvae.export import ExportError
     from granvae.export.from_sweep import export_from_sweep
-    from granvae.select import SelectionPolicy, load_rows, select
+    from granvae.select import SelectionPolicy, load_rows, load_scores, select
 
     try:
         if candidate is None:
             settings = load_settings(params)
-            decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(settings.select))
+            rows = load_rows(sweep_dir)
+            policy = SelectionPolicy.model_validate(settings.select)
+            decision = select(rows, policy, load_scores(sweep_dir, rows))
             if decision.winner is None:
                 _fail(f"no candidate passed the gates: {decision.why}")
             candidate = decision.winner

@@ -75,13 +75,14 @@ def register_cmd(
     params: ParamsOpt = None,
 ) -> None:
     """Select the winner by the params.yaml policy and register it with alias challenger."""
-    from granvae.select import decision_markdown, load_rows, select, write_decision
+    from granvae.select import decision_markdown, load_rows, load_scores, select, write_decision
     from granvae.tracking import RegistrationRefused, Store, TrackingUnavailable, register_winner
 
     _, tracking, policy = _settings(params)
     if not (sweep_dir / "results.json").is_file():
         _fail(f"{sweep_dir} has no results.json: not a finished sweep folder")
-    decision = select(load_rows(sweep_dir), policy)
+    rows = load_rows(sweep_dir)
+    decision = select(rows, policy, load_scores(sweep_dir, rows))
     write_decision(decision, sweep_dir)
     console.print(decision_markdown(decision))
     if decision.winner is None:
@@ -110,14 +111,15 @@ def promote_cmd(
     user: Annotated[str | None, typer.Option(help="recorded as who promoted")] = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Make a version champion (refused if it fails the gates or is worse, unless --force)."""
+    """Make a version champion: refused if it fails the gates or is not shown within
+    promotion.margin of the champion's recall on the same images, unless --force --reason."""
     from granvae.tracking import PromotionRefused, Store, TrackingUnavailable, promote
 
-    _, tracking, policy = _settings(params)
+    settings, tracking, policy = _settings(params)
     name = model_name or tracking.model_name
     try:
         rec = promote(name, version, force, reason, user or getpass.getuser(), policy,
-                      store=Store(tracking))  # fmt: skip
+                      store=Store(tracking), rule=settings.promotion)  # fmt: skip
     except (PromotionRefused, TrackingUnavailable) as err:
         _fail(str(err))
     forced = " [yellow](forced)[/yellow]" if rec.forced else ""

@@ -78,6 +78,15 @@ class EvalConfig(BaseModel):
         return v
 
 
+class PromotionConfig(BaseModel):
+    """The non-inferiority rule that lets a challenger replace the champion
+    (granvae.metrics.noninferiority; docs/decisions.md has its power at the default sizes)."""
+
+    margin: float = Field(0.09, ge=0, lt=1)  # recall the challenger may lose, at most
+    confidence: float = Field(0.90, ge=0.5, lt=1)  # one-sided, of the lower bound
+    bootstrap: int = Field(1000, ge=100)  # paired replicates, threshold recalibrated in each
+
+
 class Settings(BaseModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -86,6 +95,7 @@ class Settings(BaseModel):
     sweep: SweepConfig = SweepConfig()
     evaluation: EvalConfig = EvalConfig()
     tiling: TilingConfig = TilingConfig()
+    promotion: PromotionConfig = PromotionConfig()
     select: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.select
     export: dict[str, Any] = Field(default_factory=dict)  # validated by granvae.export
     tracking: dict[str, Any] = Field(default_factory=dict)  # read by granvae.tracking

@@ -7,7 +7,8 @@ or a weighted score over min-max normalised metrics. The result is a `Decision` 
 *why* in words, because the registered model's description shows it to the people who
 promote models.
 
-Pure: no mlflow, no torch. `load_rows` and `write_decision` are the only file I/O.
+Pure: no mlflow, no torch. `load_rows`, `load_scores` (granvae.select_evidence) and
+`write_decision` are the only file I/O.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from granvae.metrics.bootstrap import Interval
 from granvae.metrics.seeds import aggregate_rows
+from granvae.select_evidence import EvalScores, load_scores, paired_differences
+
+__all__ = ["Decision", "Gate", "SelectionPolicy", "load_rows", "load_scores", "select"]
 
 Op = Literal[">=", "<=", ">", "<", "=="]
 _OPS = {
@@ -64,12 +70,16 @@ class Gate(BaseModel):
 
 
 class Lexicographic(BaseModel):
-    """Best `primary` wins unless the leaders are tied; then best `tie_break`, then the
-    simpler model (fewer latent dimensions).
+    """Best `primary` wins unless others are tied with the leader; then best `tie_break`,
+    then the simpler model (fewer latent dimensions), then the documented order
+    (smaller granularity, smaller beta, smaller seed; the id only when all of these agree).
 
-    Tied means within `primary_tolerance`, or, with `within_noise` and the rows carrying
-    `<primary>_lo` / `<primary>_hi` (the bootstrap interval), an interval that overlaps the
-    leader's: a recall that differs by 2 defects out of 128 is noise, not a winner.
+    Tied with the leader means within `primary_tolerance`, or, with `within_noise` and the
+    per-image evaluation scores of both (``select(..., scores=...)``), a paired bootstrap
+    interval of recall(candidate) - recall(leader) that holds zero: both resampled on the
+    same images, the threshold recalibrated in each replicate. Two separate intervals that
+    overlap are not evidence of a tie (0.19 [0.05, 0.47] vs 0.48 [0.35, 0.68] overlap while
+    the paired difference is +0.29 [0.08, 0.45]).
     """
 
     mode: Literal["lexicographic"] = "lexicographic"
@@ -79,7 +89,9 @@ class Lexicographic(BaseModel):
     primary_higher_is_better: bool = True
     tie_break_higher_is_better: bool = True
     within_noise: bool = True
-    simpler: str = "latent_dim"  # lower is simpler; the last tie-break before the id
+    level: float = Field(0.95, gt=0, lt=1)  # of the paired interval
+    bootstrap: int = Field(1000, ge=100)  # paired replicates
+    simpler: str = "latent_dim"  # lower is simpler; then ORDER_COLUMNS, then the id
 
 
 class Weighted(BaseModel):
@@ -91,12 +103,18 @@ class Weighted(BaseModel):
     )
 
 
+MIN_RECALL = 0.5  # at the calibrated false-alarm rate; a model below it catches too little
+
+
 def default_gates() -> list[Gate]:
+    """The same gates as params.yaml `select.gates`: a model that catches fewer than half the
+    defects, or whose latents collapsed, is not a candidate at any ELBO."""
     return [
         Gate(metric="status", op="==", value="finished"),
-        Gate(metric="recall_at_far", op=">=", value=0.0),
+        Gate(metric="recall_at_far", op=">=", value=MIN_RECALL),
         Gate(metric="latency_p95_b1_ms", op="<=", value=50.0),
         Gate(metric="onnx_parity", op=">=", value=1.0, optional=True),
+        Gate(metric="active_units", op=">=", value=1.0, optional=True),
     ]
 
 
@@ -170,48 +188,74 @@ def _interval(row: dict, metric: str) -> tuple[float, float] | None:
     return None if math.isnan(lo) or math.isnan(hi) else (lo, hi)
 
 
-def tied_with_leader(rows: list[dict], ranking: Lexicographic) -> set[str]:
-    """Candidates whose primary metric cannot be told apart from the leader's."""
-    sign = 1.0 if ranking.primary_higher_is_better else -1.0
-    value = {str(r["candidate_id"]): sign * _num(r.get(ranking.primary)) for r in rows}
-    finite = {k: v for k, v in value.items() if not math.isnan(v)}
-    if not finite:
-        return set()
-    leader = max(sorted(finite), key=lambda k: finite[k])
-    lead_row = next(r for r in rows if str(r["candidate_id"]) == leader)
-    lead_iv = _interval(lead_row, ranking.primary) if ranking.within_noise else None
-    tied = set()
+ORDER_COLUMNS = ("granularity", "beta", "seed")  # the documented order after simplicity
+
+
+def _order(row: dict, ranking: Lexicographic) -> tuple:
+    """The deterministic order after the tie-break: simpler model, then ORDER_COLUMNS
+    ascending, the id last (two candidates agreeing on all of these are the same config)."""
+
+    def low(name: str) -> float:
+        v = _num(row.get(name))
+        return math.inf if math.isnan(v) else v
+
+    return (low(ranking.simpler), *(low(c) for c in ORDER_COLUMNS), str(row["candidate_id"]))
+
+
+def _signed(row: dict, metric: str, higher_is_better: bool) -> float:
+    """Larger is better; NaN becomes -inf so it sorts last."""
+    v = (1.0 if higher_is_better else -1.0) * _num(row.get(metric))
+    return -math.inf if math.isnan(v) else v
+
+
+def leader(rows: list[dict], ranking: Lexicographic) -> dict:
+    """Best primary; equal primaries go to the tie-break, then the documented order."""
+    return min(rows, key=lambda r: (
+        -_signed(r, ranking.primary, ranking.primary_higher_is_better),
+        -_signed(r, ranking.tie_break, ranking.tie_break_higher_is_better),
+        _order(r, ranking),
+    ))  # fmt: skip
+
+
+def paired_vs(
+    ref: str, rows: list[dict], ranking: Lexicographic, scores: Mapping[str, EvalScores] | None
+) -> dict[str, Interval]:
+    """recall(c) - recall(ref) on the same images, for every c with pairable scores."""
+    if not (ranking.within_noise and scores):
+        return {}
+    others = [str(r["candidate_id"]) for r in rows if str(r["candidate_id"]) != ref]
+    return paired_differences(ref, others, scores, ranking.bootstrap, ranking.level)
+
+
+def tied_with(
+    ref: dict, rows: list[dict], ranking: Lexicographic, evidence: dict[str, Interval]
+) -> set[str]:
+    """Candidates that cannot be told apart from ``ref``: within the tolerance, or their
+    paired interval of the difference holds zero."""
+    p_ref = _signed(ref, ranking.primary, ranking.primary_higher_is_better)
+    tied = {str(ref["candidate_id"])}
     for r in rows:
         cid = str(r["candidate_id"])
-        if cid not in finite:
-            continue
-        close = abs(finite[cid] - finite[leader]) <= ranking.primary_tolerance
-        iv = _interval(r, ranking.primary) if lead_iv else None
-        overlap = bool(iv and lead_iv and iv[0] <= lead_iv[1] and lead_iv[0] <= iv[1])
-        if close or overlap:
+        p = _signed(r, ranking.primary, ranking.primary_higher_is_better)
+        close = math.isfinite(p) and abs(p - p_ref) <= ranking.primary_tolerance
+        iv = evidence.get(cid)
+        if close or (iv is not None and iv.low <= 0.0 <= iv.high):
             tied.add(cid)
     return tied
 
 
-def _lexicographic(rows: list[dict], ranking: Lexicographic) -> list[tuple[str, float]]:
+def _lexicographic(
+    rows: list[dict], ranking: Lexicographic, tied: set[str]
+) -> list[tuple[str, float]]:
     """Candidates in rank order with their score (the primary metric): the leader's tie
-    group first, ordered by the tie-break then simplicity, then everyone else by primary."""
-    sign_p = 1.0 if ranking.primary_higher_is_better else -1.0
-    sign_t = 1.0 if ranking.tie_break_higher_is_better else -1.0
-    tied = tied_with_leader(rows, ranking)
-
-    def neg_inf(v: float) -> float:
-        return -math.inf if math.isnan(v) else v
+    group first, ordered by the tie-break then the documented order, then everyone else
+    by primary. Input order and ids other than as the last resort play no part."""
 
     def key(row: dict) -> tuple:
-        cid = str(row["candidate_id"])
-        p = neg_inf(sign_p * _num(row.get(ranking.primary)))
-        t = neg_inf(sign_t * _num(row.get(ranking.tie_break)))
-        simple = _num(row.get(ranking.simpler))
-        simple = math.inf if math.isnan(simple) else simple
-        if cid in tied:
-            return (0, 0.0, -t, simple, cid)
-        return (1, -p, -t, simple, cid)
+        p = _signed(row, ranking.primary, ranking.primary_higher_is_better)
+        t = _signed(row, ranking.tie_break, ranking.tie_break_higher_is_better)
+        group = 0 if str(row["candidate_id"]) in tied else 1
+        return (group, 0.0 if group == 0 else -p, -t, _order(row, ranking))
 
     ordered = sorted(rows, key=key)
     return [(str(r["candidate_id"]), _num(r.get(ranking.primary))) for r in ordered]
@@ -256,29 +300,36 @@ def _describe(row: dict, metric: str) -> str:
     return f"{value} [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else value
 
 
-def _why_lexicographic(ranked: list, rows: dict[str, dict], ranking: Lexicographic) -> str:
+def _why_lexicographic(
+    ranked: list, rows: dict[str, dict], ranking: Lexicographic, lead: str, tied: set[str],
+    evidence: dict[str, Interval],
+) -> str:
     win, p_win = ranked[0]
     if len(ranked) == 1:
         return (
             f"{win} wins: the only candidate passing every gate ({ranking.primary} {_fmt(p_win)})"
         )
-    tied = tied_with_leader([rows[c] for c, _ in ranked], ranking) - {win}
     runner = ranked[1][0]
-    if not tied:
+    paired = " (paired, same images)" if evidence else " (no per-image scores: tolerance only)"
+    if len(tied) == 1:
+        iv = evidence.get(runner)
+        diff = (
+            f"; {runner} - {win} = {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]" if iv else ""
+        )
         return (
             f"{win} wins: {ranking.primary} {_describe(rows[win], ranking.primary)} vs "
-            f"{_describe(rows[runner], ranking.primary)} for the runner-up {runner}; "
-            f"{ranking.tie_break} tie-break not needed"
+            f"{_describe(rows[runner], ranking.primary)} for the runner-up {runner}{diff}"
+            f"{paired}; {ranking.tie_break} tie-break not needed"
         )
-    t_win = _num(rows[win].get(ranking.tie_break))
-    t_run = _num(rows[runner].get(ranking.tie_break))
-    noisy = ranking.within_noise and _interval(rows[win], ranking.primary) is not None
-    how = "tie within noise (intervals overlap)" if noisy else "tied"
+    other = win if win != lead else next(c for c, _ in ranked if c in tied and c != lead)
+    iv = evidence.get(other)
+    diff = f", {other} - {lead} = {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]" if iv else ""
+    how = "tie within noise: the paired interval holds 0" if iv else "tied"
+    t_win, t_run = _num(rows[win].get(ranking.tie_break)), _num(rows[runner].get(ranking.tie_break))
     return (
-        f"{win} wins: {ranking.primary} {how} with {len(tied)} other(s), e.g. {runner} "
-        f"({_describe(rows[win], ranking.primary)} vs {_describe(rows[runner], ranking.primary)}"
-        f"); {ranking.tie_break} tie-break {_fmt(t_win)} vs {_fmt(t_run)}, "
-        f"then the simpler model ({ranking.simpler})"
+        f"{win} wins: {ranking.primary} {how} for {len(tied)} candidates led by {lead}{diff}"
+        f"{paired}; {ranking.tie_break} tie-break {_fmt(t_win)} vs {_fmt(t_run)} ({runner}), "
+        f"then the simpler model ({ranking.simpler}), then {', '.join(ORDER_COLUMNS)}"
     )
 
 
@@ -294,8 +345,15 @@ def _why_weighted(ranked: list, ranking: Weighted) -> str:
     )
 
 
-def select(rows: list[dict[str, Any]], policy: SelectionPolicy | None = None) -> Decision:
-    """Gate every candidate, rank the survivors, explain the winner (or why there is none)."""
+def select(
+    rows: list[dict[str, Any]],
+    policy: SelectionPolicy | None = None,
+    scores: Mapping[str, EvalScores] | None = None,
+) -> Decision:
+    """Gate every candidate, rank the survivors, explain the winner (or why there is none).
+
+    ``scores`` (``load_scores(sweep_dir, rows)``) gives the per-image evidence for paired
+    ties; without it candidates tie only within the tolerance."""
     policy = policy or SelectionPolicy()
     gates = [g for g in policy.gates if g.applies(rows)]
     table = _gate_table(rows, gates)
@@ -308,8 +366,13 @@ def select(rows: list[dict[str, Any]], policy: SelectionPolicy | None = None) ->
         return Decision(table, None, _all_fail_reason(table, gates), labels, dump)
     ranking = policy.ranking
     if isinstance(ranking, Lexicographic):
-        ranked = _lexicographic(survivors, ranking)
-        why = _why_lexicographic(ranked, {str(r["candidate_id"]): r for r in rows}, ranking)
+        lead = leader(survivors, ranking)
+        lead_id = str(lead["candidate_id"])
+        evidence = paired_vs(lead_id, survivors, ranking, scores)
+        tied = tied_with(lead, survivors, ranking, evidence)
+        ranked = _lexicographic(survivors, ranking, tied)
+        src = {str(r["candidate_id"]): r for r in rows}
+        why = _why_lexicographic(ranked, src, ranking, lead_id, tied, evidence)
     else:
         ranked = _weighted(survivors, ranking)
         why = _why_weighted(ranked, ranking)
@@ -317,20 +380,28 @@ def select(rows: list[dict[str, Any]], policy: SelectionPolicy | None = None) ->
     for rank, (cid, score) in enumerate(ranked, start=1):
         by_id[cid].update(score=score, rank=rank)
     if isinstance(ranking, Lexicographic):
-        _add_intervals(table, rows, ranking, ranked)
+        _add_evidence(table, survivors, ranking, ranked[0][0], scores)
     why += f" ({len(survivors)} of {len(rows)} candidates passed the gates)"
     by_config = aggregate_rows(rows, [m for m in SEED_METRICS if any(m in r for r in rows)])
     return Decision(table, ranked[0][0], why, labels, dump, by_config)
 
 
-def _add_intervals(table: list[dict], rows: list[dict], ranking: Lexicographic, ranked) -> None:
-    """The decision table shows each candidate's interval and who is tied with the winner."""
-    src = {str(r["candidate_id"]): r for r in rows}
-    tied = tied_with_leader([src[c] for c, _ in ranked], ranking)
+def _add_evidence(
+    table: list[dict], survivors: list[dict], ranking: Lexicographic, winner: str,
+    scores: Mapping[str, EvalScores] | None,
+) -> None:
+    """Each candidate's own interval, its paired difference to the *winner*, and whether
+    that paired interval holds zero (`tied_with_winner`, None for gated-out candidates)."""
+    src = {str(r["candidate_id"]): r for r in survivors}
+    vs_winner = paired_vs(winner, survivors, ranking, scores)
+    tied = tied_with(src[winner], survivors, ranking, vs_winner)
     for t in table:
-        iv = _interval(src[t["candidate_id"]], ranking.primary)
+        cid = t["candidate_id"]
+        iv = _interval(src[cid], ranking.primary) if cid in src else None
         t[f"{ranking.primary}_95ci"] = f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else None
-        t["tied_with_winner"] = t["candidate_id"] in tied if t["rank"] else None
+        d = vs_winner.get(cid)
+        t["vs_winner"] = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" if d else None
+        t["tied_with_winner"] = cid in tied if t["rank"] else None
 
 
 def load_rows(sweep_dir: Path | str) -> list[dict[str, Any]]:

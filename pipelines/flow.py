@@ -122,7 +122,7 @@ def _ship_stage(run: RunConfig, snap: dict, sweep_dir: str, decision: Any) -> di
     if pipe.auto_promote:
         promo = tasks.maybe_promote(
             reg["model_name"], reg["version"], dict(run.settings.select), pipe.compare_metric,
-            tracking,
+            tracking, run.settings.promotion.model_dump(),
         )  # fmt: skip
     return {**reg, "bundle": bundle_dir, "verify": verified, "promotion": promo}
 

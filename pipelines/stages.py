@@ -83,11 +83,13 @@ def evaluate(params: str | None) -> None:
 
 
 def select(params: str | None) -> None:
-    from granvae.select import SelectionPolicy, load_rows, write_decision
+    from granvae.select import SelectionPolicy, load_rows, load_scores, write_decision
     from granvae.select import select as choose
 
     run = load_run_config(params)
-    decision = choose(load_rows(SWEEP), SelectionPolicy.model_validate(run.settings.select))
+    rows = load_rows(SWEEP)
+    policy = SelectionPolicy.model_validate(run.settings.select)
+    decision = choose(rows, policy, load_scores(SWEEP, rows))
     DECISION.mkdir(parents=True, exist_ok=True)
     write_decision(decision, DECISION)
     (DECISION / "winner.json").write_text(

@@ -158,9 +158,12 @@ def collect_results(rows: list[dict[str, Any]], sweep_dir: str) -> str:
 @task(name="select", cache_policy=NO_CACHE)
 def select_winner(sweep_dir: str, policy: dict[str, Any]):
     """granvae.select on the results table; decision.csv/.md are written beside it."""
-    from granvae.select import SelectionPolicy, load_rows, select, write_decision
+    from granvae.select import SelectionPolicy, load_rows, load_scores, select, write_decision
 
-    decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(policy or {}))
+    rows = load_rows(sweep_dir)
+    decision = select(
+        rows, SelectionPolicy.model_validate(policy or {}), load_scores(sweep_dir, rows)
+    )
     write_decision(decision, sweep_dir)
     get_run_logger().info("selection: %s", decision.why)
     return decision
@@ -217,8 +220,16 @@ def register(
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def maybe_promote(model_name: str, version: int, policy: dict, metric: str, tracking: dict):
+def maybe_promote(
+    model_name: str,
+    version: int,
+    policy: dict,
+    metric: str,
+    tracking: dict,
+    promotion: dict | None = None,
+):
     """granvae.tracking.promote without force: a refusal is logged and returned, not raised."""
+    from granvae.config import PromotionConfig
     from granvae.select import SelectionPolicy
     from granvae.tracking import PromotionRefused, Store, TrackingSettings, promote
 
@@ -232,6 +243,7 @@ def maybe_promote(model_name: str, version: int, policy: dict, metric: str, trac
             reason="auto-promotion by the retrain flow",
             user="granvae-retrain",
             store=store,
+            rule=PromotionConfig.model_validate(promotion or {}),
         )
     except PromotionRefused as err:
         get_run_logger().warning("auto-promotion refused: %s", err)

@@ -43,7 +43,7 @@ def _recalibrate(bundle_dir, value: float) -> None:
     """Write a new manifest revision with threshold ``value`` (what `calibrate` does)."""
     manifest = read_manifest(bundle_dir)
     choice = order_statistic_threshold([value], 0.5)
-    write_revision(bundle_dir, new_revision(manifest, choice, 0.5, "test", 0.0))
+    write_revision(bundle_dir, new_revision(manifest, choice, 0.5, "test"))
 
 
 def test_concurrent_requests_all_succeed(bundle):

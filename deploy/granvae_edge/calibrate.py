@@ -6,11 +6,12 @@ revision and leaves model.onnx (and its hash) untouched. Every revision is kept 
 ``manifest.r<N>.json`` and summarised in ``previous_revisions``, so a bad re-tune is one copy
 away from being undone.
 
-Method (distribution-free order statistic): with n good scores sorted ascending and target
-false-alarm rate f, the threshold is the k-th smallest score, k = ceil((1 - f) * n). Since the
-decision is ``score > threshold``, at most n - k <= f * n calibration images are flagged, so the
-observed false-alarm rate on them is <= f. With n < 1/f no order statistic can express f, so the
-maximum is used and the manifest says so.
+Method (conformal order statistic, the same rule as granvae.metrics.thresholds): with n good
+scores sorted ascending and target false-alarm rate f, the threshold is the k-th smallest score,
+k = ceil((1 - f)(n + 1)). A new good part exceeds it with probability (n + 1 - k)/(n + 1) <= f,
+so the promise holds on the line, not only on the calibration images. The line's rate of one
+calibration is Beta(n + 1 - k, k) distributed; the manifest carries its 95% upper bound. With
+n + 1 < 1/f no order statistic keeps the promise: the maximum is used and the manifest says so.
 """
 
 from __future__ import annotations
@@ -40,8 +41,46 @@ class ThresholdChoice:
     note: str | None
 
 
+_CEIL_EPS = 1e-9  # (1 - 0.01) * 100 == 99.00000000000001 in floats must give k = 99
+UPPER_CONFIDENCE = 0.95
+
+
+def conformal_rank(n: int, far: float) -> int:
+    """k = ceil((1 - far)(n + 1)), clamped to n (twin of granvae.metrics.thresholds)."""
+    return min(int(n), int(math.ceil((1.0 - far) * (n + 1) - _CEIL_EPS)))
+
+
+def _log_binom_tail(n: int, p: float, k: int) -> float:
+    """log P(Binomial(n, p) >= k) in log space (no scipy on the edge)."""
+    if k <= 0 or p >= 1.0:
+        return 0.0
+    if p <= 0.0:
+        return -math.inf
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq
+        for j in range(k, n + 1)
+    ]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+def false_alarm_upper_bound(n: int, k: int, confidence: float = UPPER_CONFIDENCE) -> float:
+    """Upper ``confidence`` bound on the line's false-alarm rate, Beta(n + 1 - k, k):
+    P(rate > u) = P(Binomial(n, 1 - u) >= k), solved for u by bisection."""
+    target = math.log1p(-confidence)
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if _log_binom_tail(n, 1.0 - mid, k) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def order_statistic_threshold(scores: list[float] | np.ndarray, far: float) -> ThresholdChoice:
-    """The ceil((1-far)*n)-th smallest score, or the max when n < 1/far."""
+    """The k-th smallest score, k = ceil((1 - far)(n + 1)); the max when n + 1 < 1/far."""
     if not 0.0 < far < 1.0:
         raise CalibrationError(f"false-alarm rate must be in (0, 1), got {far}")
     values = np.sort(np.asarray(scores, dtype=np.float64))
@@ -50,21 +89,44 @@ def order_statistic_threshold(scores: list[float] | np.ndarray, far: float) -> T
         raise CalibrationError("no good images could be scored; nothing to calibrate on")
     if not np.all(np.isfinite(values)):
         raise CalibrationError("some calibration scores are not finite")
-    # n - floor(far * n) == ceil((1 - far) * n) exactly; the epsilon absorbs 0.29 * 100 = 28.99..
-    k = n - math.floor(far * n + 1e-9)
-    method = f"order_statistic: threshold = {k}-th smallest of {n} good scores, k = ceil((1-far)*n)"
+    k = conformal_rank(n, far)
+    method = (
+        f"conformal_order_statistic: threshold = {k}-th smallest of {n} good scores, "
+        "k = ceil((1-far)*(n+1))"
+    )
     note = None
-    if n * far < 1.0 - 1e-9:
-        k = n
-        method = f"order_statistic: max of {n} good scores (n < 1/far)"
+    if math.ceil((1.0 - far) * (n + 1) - _CEIL_EPS) > n:
+        method = f"conformal_order_statistic: max of {n} good scores (n + 1 < 1/far)"
         note = (
-            f"only {n} images for false_alarm_rate {far}: need at least {math.ceil(1 / far - 1e-9)}"
-            " for an order statistic; the maximum good score is used (conservative)"
+            f"only {n} images for false_alarm_rate {far}: need at least "
+            f"{math.ceil(1 / far - 1 - _CEIL_EPS)} for the guarantee; the maximum good score is "
+            "used and the line's rate may exceed the target"
         )
     return ThresholdChoice(value=float(values[k - 1]), k=k, n=n, method=method, note=note)
 
 
-def observed_false_alarm_rate(scores: list[float] | np.ndarray, threshold: float) -> float:
+def guarantee(choice: ThresholdChoice, far: float) -> dict[str, Any]:
+    """What the threshold promises about new good parts (the same words as granvae's)."""
+    n, k = choice.n, choice.k
+    expected = (n + 1 - k) / (n + 1)
+    if choice.note is None:
+        text = (
+            f"expected false-alarm rate on new good parts <= {far:g} "
+            f"(= {expected:.4g}; conformal rank k={k} of n={n})"
+        )
+    else:
+        text = f"NOT guaranteed: {choice.note}"
+    return {
+        "rank": k,
+        "guarantee": text,
+        "expected_false_alarm_rate": expected,
+        "false_alarm_rate_upper_95": false_alarm_upper_bound(n, k),
+    }
+
+
+def calibration_flag_rate(scores: list[float] | np.ndarray, threshold: float) -> float:
+    """Share of the calibration images above the threshold (<= far by construction: it says
+    nothing about the line's rate, which is the guarantee's job)."""
     values = np.asarray(scores, dtype=np.float64)
     return float(np.mean(values > threshold)) if values.size else 0.0
 
@@ -74,7 +136,6 @@ def new_revision(
     choice: ThresholdChoice,
     far: float,
     calibrated_on: str,
-    observed_far: float,
     skipped: int = 0,
     revision: int | None = None,
 ) -> dict[str, Any]:
@@ -86,12 +147,12 @@ def new_revision(
         "previous_value": old_threshold.get("value"),
         "score": old_threshold.get("score", "neg_elbo"),
         "false_alarm_rate": far,
-        "observed_false_alarm_rate": observed_far,
         "calibrated_on": calibrated_on,
         "n_images": choice.n,
         "n_skipped": skipped,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(),
         "method": choice.method,
+        **guarantee(choice, far),
     }
     if choice.note:
         threshold["note"] = choice.note

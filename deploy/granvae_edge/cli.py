@@ -120,10 +120,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
     try:
         choice = calibrate.order_statistic_threshold(scores, args.false_alarm_rate)
-        observed = calibrate.observed_false_alarm_rate(scores, choice.value)
         manifest = inspector.manifest
         updated = calibrate.new_revision(
-            manifest, choice, args.false_alarm_rate, str(folder), observed, len(skipped),
+            manifest, choice, args.false_alarm_rate, str(folder), len(skipped),
             revision=calibrate.next_revision_number(Path(args.bundle), manifest),
         )  # fmt: skip
         kept = calibrate.write_revision(Path(args.bundle), updated)

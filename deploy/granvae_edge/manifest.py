@@ -64,6 +64,10 @@ _THRESHOLD_OPTIONAL: dict[str, tuple[type, ...]] = {
     "n_images": (int, type(None)),
     "date": _STR_OR_NONE,
     "method": _STR_OR_NONE,
+    "rank": (int, type(None)),
+    "guarantee": _STR_OR_NONE,
+    "expected_false_alarm_rate": _NUM + (type(None),),
+    "false_alarm_rate_upper_95": _NUM + (type(None),),
 }
 
 

@@ -92,7 +92,9 @@ def input_spec(model: onnx.ModelProto) -> dict[str, Any]:
 def threshold_block(
     threshold: Threshold | Mapping[str, Any], calibrated_on: str | None = None
 ) -> dict[str, Any]:
-    """Contract block: value, score, false_alarm_rate, calibrated_on, n_images, date, method."""
+    """Contract block: value, score, false_alarm_rate, calibrated_on, n_images, date, method,
+    and what the threshold promises the line: the conformal rank, the guarantee in words, the
+    expected false-alarm rate on new good parts and its 95% upper confidence bound."""
     data = dict(threshold.to_dict() if isinstance(threshold, Threshold) else threshold)
     parsed = Threshold.from_dict(data)  # validates value / rate / n_images
     return {
@@ -103,6 +105,7 @@ def threshold_block(
         "n_images": parsed.n_images,
         "date": str(data.get("date") or _now()),
         "method": parsed.method,
+        **parsed.guarantee(),
     }
 
 

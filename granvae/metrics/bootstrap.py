@@ -12,10 +12,11 @@ Pure numpy, deterministic for a given ``rng``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from granvae.metrics.thresholds import conformal_rank
 
 __all__ = [
     "Interval",
@@ -29,7 +30,6 @@ __all__ = [
 
 DEFAULT_BOOT = 2000
 DEFAULT_LEVEL = 0.95
-_FLOOR_EPS = 1e-9  # the same tolerance as thresholds.calibrate_threshold
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ def percentile_interval(samples: np.ndarray, level: float = DEFAULT_LEVEL) -> tu
 
 
 def _order_index(n: int, far: float) -> int:
-    """0-based index of the calibrated order statistic (thresholds.calibrate_threshold)."""
-    return n - 1 - int(math.floor(far * n + _FLOOR_EPS))
+    """0-based index of the conformal order statistic, k = ceil((1 - far)(n + 1)), clamped
+    to the largest score when n + 1 < 1 / far (thresholds.conformal_rank)."""
+    return conformal_rank(n, far) - 1
 
 
 def thresholds_from_resamples(good: np.ndarray, idx: np.ndarray, far: float) -> np.ndarray:

@@ -6,8 +6,9 @@ version carries its evaluation set (the held-out good images that calibrate the 
 and the test images, `eval_set/eval_set.npz` on its run); at promotion both models score
 the *challenger's* evaluation set, each with its own registered artifact (the ONNX bundle,
 else the torch checkpoint), the threshold is calibrated with the same order-statistic rule
-on the good images, and the paired bootstrap (granvae.metrics.bootstrap) says whether the
-difference is beyond noise.
+on the good images, and the non-inferiority rule (granvae.metrics.noninferiority: paired
+bootstrap, threshold recalibrated in every replicate) says whether the challenger may be
+promoted: only when the data show it is not worse than the champion by more than a margin.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from granvae.metrics.bootstrap import paired_recall_difference
+from granvae.config import PromotionConfig
 from granvae.metrics.inspection import image_auroc
+from granvae.metrics.noninferiority import non_inferiority
 from granvae.metrics.thresholds import calibrate_threshold
 from granvae.tracking.store import Store
 
@@ -35,6 +37,11 @@ FLAVOR_TAG = "granvae.flavor"
 
 class CannotCompare(RuntimeError):
     """The two versions cannot be scored on the same images (no evaluation set, no model)."""
+
+
+class NonFiniteScores(CannotCompare):
+    """A model gave NaN/inf scores on the shared images: no comparison is meaningful, but a
+    person may still promote it with --force --reason (the refusal names the version)."""
 
 
 @dataclass(frozen=True)
@@ -57,23 +64,31 @@ class Comparison:
     challenger: Figures
     champion: Figures
     difference: float  # recall(challenger) - recall(champion)
-    low: float
+    low: float  # one-sided lower confidence bound of the difference
     high: float
+    margin: float = 0.0
+    confidence: float = 0.95
 
     @property
     def worse(self) -> bool:
-        """Worse beyond noise: the whole interval of the difference is below zero."""
-        return self.high < 0
+        """Refused: the lower bound does not clear -margin (not shown non-inferior)."""
+        return not self.low > -self.margin
 
     def describe(self) -> str:
         ch, cp = self.challenger, self.champion
+        verdict = (
+            "REFUSED: may be worse by more than the margin"
+            if self.worse
+            else "not worse by more than the margin"
+        )
         return (
             f"on the same images (data version {self.data_version}: {self.n_good} good, "
             f"{self.n_defect} defect; threshold at {self.false_alarm_rate:g} false alarms): "
             f"challenger v{ch.version} recall_at_far {ch.recall_at_far:.3f}, image_auroc "
             f"{ch.image_auroc:.3f}; champion v{cp.version} recall_at_far {cp.recall_at_far:.3f}, "
-            f"image_auroc {cp.image_auroc:.3f}; difference {self.difference:+.3f} "
-            f"(95% interval {self.low:+.3f} .. {self.high:+.3f})"
+            f"image_auroc {cp.image_auroc:.3f}; difference {self.difference:+.3f}, "
+            f"one-sided {self.confidence:.0%} lower bound {self.low:+.3f} vs margin "
+            f"-{self.margin:g}: {verdict})"
         )
 
     def as_dict(self) -> dict:
@@ -173,8 +188,25 @@ def _figures(version: int, good: np.ndarray, test: np.ndarray, labels: np.ndarra
     return Figures(version, recall, float(image_auroc(test, labels)))
 
 
-def compare(store: Store, challenger: ModelVersion, champ: ModelVersion) -> Comparison:
+def _finite(version: int, scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    bad = int(np.sum(~np.isfinite(scores)))
+    if bad:
+        raise NonFiniteScores(
+            f"version {version} gave {bad} non-finite (NaN/inf) score(s) on the {scores.size} "
+            "shared evaluation images"
+        )
+    return scores
+
+
+def compare(
+    store: Store,
+    challenger: ModelVersion,
+    champ: ModelVersion,
+    rule: PromotionConfig | None = None,
+) -> Comparison:
     """Both versions scored on the challenger's evaluation set; CannotCompare if impossible."""
+    rule = rule or PromotionConfig()
     with tempfile.TemporaryDirectory(prefix="granvae-compare-") as name:
         tmp = Path(name)
         data = _load_eval_set(store, challenger, tmp)
@@ -184,13 +216,15 @@ def compare(store: Store, challenger: ModelVersion, champ: ModelVersion) -> Comp
         if not np.any(labels != 0):
             raise CannotCompare(f"version {challenger.version}'s evaluation set has no defects")
         scores = {
-            int(mv.version): score_version(store, mv, images, tmp) for mv in (challenger, champ)
+            int(mv.version): _finite(int(mv.version), score_version(store, mv, images, tmp))
+            for mv in (challenger, champ)
         }
     a, b = scores[int(challenger.version)], scores[int(champ.version)]
     defect = labels != 0
-    diff = paired_recall_difference(
-        a[:n_good], a[n_good:][defect], b[:n_good], b[n_good:][defect], far
-    )
+    verdict = non_inferiority(
+        a[:n_good], a[n_good:][defect], b[:n_good], b[n_good:][defect], far,
+        margin=rule.margin, confidence=rule.confidence, n_boot=rule.bootstrap,
+    )  # fmt: skip
     return Comparison(
         data_version=str(challenger.tags.get("data_version")),
         n_good=n_good,
@@ -198,7 +232,9 @@ def compare(store: Store, challenger: ModelVersion, champ: ModelVersion) -> Comp
         false_alarm_rate=far,
         challenger=_figures(int(challenger.version), a[:n_good], a[n_good:], labels, far),
         champion=_figures(int(champ.version), b[:n_good], b[n_good:], labels, far),
-        difference=diff.estimate,
-        low=diff.low,
-        high=diff.high,
+        difference=verdict.difference,
+        low=verdict.lower,
+        high=verdict.upper,
+        margin=verdict.margin,
+        confidence=verdict.confidence,
     )

@@ -18,8 +18,9 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from granvae.config import PromotionConfig
 from granvae.select import SelectionPolicy
-from granvae.tracking.compare import CannotCompare, compare
+from granvae.tracking.compare import CannotCompare, NonFiniteScores, compare
 from granvae.tracking.registry import (
     COMPLETE,
     GATES_TAG,
@@ -99,17 +100,24 @@ def _recorded_worse(mv: ModelVersion, champ: ModelVersion, metric: str) -> list[
 
 
 def _versus(
-    store: Store, mv: ModelVersion, champ: ModelVersion | None, metric: str
+    store: Store,
+    mv: ModelVersion,
+    champ: ModelVersion | None,
+    metric: str,
+    rule: PromotionConfig | None = None,
 ) -> tuple[list[str], str, dict[str, Any]]:
     """(problems, note, comparison): both scored on the challenger's evaluation images.
 
-    Refused when the challenger is worse beyond the paired bootstrap's noise interval, or
-    when no fair comparison is possible across different data versions.
+    Refused unless the challenger is shown not worse than the champion by more than
+    ``rule.margin`` (paired non-inferiority), when a model scores NaN/inf, or when no fair
+    comparison is possible across different data versions. Every problem is forceable.
     """
     if champ is None:
         return [], "", {}
     try:
-        result = compare(store, mv, champ)
+        result = compare(store, mv, champ, rule)
+    except NonFiniteScores as err:
+        return [f"{err}; no fair comparison with champion version {champ.version}"], "", {}
     except CannotCompare as err:
         if mv.tags.get("data_version") == champ.tags.get("data_version"):
             note = f"compared on registered metrics (same data version; {err})"
@@ -122,8 +130,8 @@ def _versus(
     note = result.describe()
     if result.worse:
         return [
-            f"version {mv.version} is worse than champion version {champ.version} beyond "
-            f"noise {note}"
+            f"version {mv.version} is not shown to be within the margin of champion version "
+            f"{champ.version} {note}"
         ], note, result.as_dict()
     return [], note, result.as_dict()
 
@@ -217,15 +225,18 @@ def promote(
     compare_metric: str = "recall_at_far",
     *,
     store: Store | None = None,
+    rule: PromotionConfig | None = None,
 ) -> PromotionRecord:
-    """Point `champion` at `version` (default: the challenger) unless the checks refuse."""
+    """Point `champion` at `version` (default: the challenger) unless the checks refuse.
+
+    ``rule`` is params.yaml ``promotion:`` (the non-inferiority margin and confidence)."""
     store = store or Store(TrackingSettings())
     target = _target(store, model_name, version)
     current = champion(store, model_name)
     if current is not None and current.version == target.version:
         raise PromotionRefused(f"{model_name} version {target.version} is already champion")
     problems = _gate_problems(target, policy)
-    worse, note, comparison = _versus(store, target, current, compare_metric)
+    worse, note, comparison = _versus(store, target, current, compare_metric, rule)
     problems += worse
     if problems and not force:
         raise PromotionRefused("; ".join(problems) + " (--force overrides, and is recorded)")

@@ -34,7 +34,7 @@ PHASE_SECONDS = 20.0  # hard cap per phase, whatever the machine
 def _recalibrate(bundle: Path, value: float) -> None:
     manifest = read_manifest(bundle)
     choice = order_statistic_threshold([value], 0.5)
-    write_revision(bundle, new_revision(manifest, choice, 0.5, "load", 0.0))
+    write_revision(bundle, new_revision(manifest, choice, 0.5, "load"))
 
 
 def _rss_kb(pid: int) -> dict[str, int]:
