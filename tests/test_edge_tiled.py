@@ -90,7 +90,11 @@ def _torch_reference(head, image: np.ndarray, stride: int, sigma: float) -> dict
         canvas[y : y + TILE, x : x + TILE] += m
         count[y : y + TILE, x : x + TILE] += 1
     smoothed = maps.smooth_map((canvas / count)[None], maps.gaussian_kernel(sigma))[0]
-    best = int(torch.argmax(out.score))
+    py, px = np.unravel_index(int(torch.argmax(smoothed)), smoothed.shape)
+    covering = [k for k, (y, x) in enumerate(origins)
+                if y <= py < y + TILE and x <= px < x + TILE]  # fmt: skip
+    best = max(covering, key=lambda k: (float(out.anomaly_map[k][py - origins[k][0],
+                                                                 px - origins[k][1]]), -k))
     return {"score": float(smoothed.max()), "map": smoothed.numpy(),
             "top_group": int(torch.argmax(out.group_attribution[best]))}  # fmt: skip
 

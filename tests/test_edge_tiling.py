@@ -114,5 +114,20 @@ def test_reduce_max_and_topk():
         tiling.reduce_map(amap, "mean")
 
 
-def test_explaining_tile_is_the_highest_score_lowest_index_on_ties():
-    assert tiling.explaining_tile(np.array([0.1, 0.9, 0.3, 0.9])) == 1
+def test_explaining_tile_is_the_tile_under_the_stitched_maximum():
+    """A 64-px part, tile = stride = 32: tile 0 has the largest raw peak, but smoothing
+    spreads it while tile 3's broad bump holds the image map's maximum: tile 3 explains."""
+    origins = tiling.tile_origins(64, 64, 32, 32)
+    maps = np.zeros((4, 32, 32), np.float32)
+    maps[0, 5, 5] = 10.0  # a one-pixel spike: the largest raw value
+    maps[3, 8:24, 8:24] = 4.0  # a broad bump: survives smoothing
+    image_map = tiling.smooth(tiling.stitch(maps, 64, 64, 32), 2.0)
+    assert int(np.argmax(maps.reshape(4, -1).max(1))) == 0
+    assert tiling.explaining_tile(maps, image_map, origins, 32) == 3
+    overlap = tiling.tile_origins(48, 48, 32, 16)  # 4 tiles all covering the centre
+    maps = np.zeros((4, 32, 32), np.float32)
+    for k, (y, x) in enumerate(overlap):  # image pixel (16, 16) in each tile's frame
+        maps[k, 16 - y, 16 - x] = [1.0, 3.0, 3.0, 2.0][k]  # tiles 1 and 2 tie: the first wins
+    centre = np.zeros((48, 48), np.float32)
+    centre[16, 16] = 1.0
+    assert tiling.explaining_tile(maps, centre, overlap, 32) == 1

@@ -54,3 +54,25 @@ def test_perfect_and_chance_maps():
 
 def test_no_region_gives_nan():
     assert np.isnan(aupro(np.zeros((2, 8, 8)), np.zeros((2, 8, 8), np.uint8)))
+
+
+def test_tied_map_values_interpolate_to_max_fpr():
+    """A constant map: every pixel fires at one threshold, FPR and PRO jump 0 -> 1 together.
+    The curve between the two measured points is the diagonal, so the area up to 0.3 is
+    0.3^2 / 2 over 0.3 = 0.15 (closing it flat at the last point below 0.3 gave 0.0)."""
+    masks = np.zeros((2, 16, 16), np.uint8)
+    masks[0, 4:8, 4:8] = 1
+    assert aupro(np.ones((2, 16, 16)), masks) == pytest.approx(0.15, abs=1e-9)
+
+
+def test_diagonal_neighbours_are_one_region():
+    """8-connectivity: two pixels touching at a corner are one defect region. Found pixel +
+    missed pixel in one region gives PRO 0.5 everywhere (0.5); counted as two regions with
+    a third, found one, it would be 2/3."""
+    maps = np.random.default_rng(0).uniform(size=(1, 12, 12))  # normal pixels: no ties
+    masks = np.zeros((1, 12, 12), np.uint8)
+    masks[0, 2, 2] = masks[0, 3, 3] = 1  # corner-touching pair
+    masks[0, 8, 8] = 1  # a separate, found region
+    maps[0, 2, 2] = maps[0, 8, 8] = 10.0  # found
+    maps[0, 3, 3] = -10.0  # missed, below every normal pixel
+    assert aupro(maps, masks) == pytest.approx(0.75, abs=1e-3)

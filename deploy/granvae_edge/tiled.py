@@ -2,7 +2,8 @@
 
 The graph sees only tiles of its input size; everything that makes the image's verdict
 (stitching, smoothing, the reduction to one score, which tile explains it) happens here in
-numpy, per the tiling contract (tiling.py). Tiles go to onnxruntime in batches of up to
+numpy, per the tiling contract (tiling.py); the explaining tile is the one under the
+stitched map's maximum. Tiles go to onnxruntime in batches of up to
 TILE_BATCH: large enough for its conv kernels to run near peak, small enough that a 2048 px
 image does not hold every tile's activations at once.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .tiling import Tiling, explaining_tile
+from .tiling import Tiling
 
 TILE_BATCH = 64
 OUTPUTS = ["score", "anomaly_map", "group_attribution"]
@@ -47,9 +48,9 @@ def score_image(
     session: ort.InferenceSession, input_name: str, tiling: Tiling, image: np.ndarray
 ) -> TiledResult:
     """(image_height, image_width, C) model-ready image -> its tiled verdict's numbers."""
-    tile_scores, tile_maps, attribution = run_tiles(session, input_name, tiling.tiles(image))
+    _, tile_maps, attribution = run_tiles(session, input_name, tiling.tiles(image))
     image_map = tiling.image_map(tile_maps)
-    best = explaining_tile(tile_scores)
+    best = tiling.explaining_tile(tile_maps, image_map)
     return TiledResult(
         score=tiling.score(image_map),
         anomaly_map=image_map,

@@ -161,9 +161,22 @@ def reduce_map(amap: np.ndarray, reduce: str, topk: int | None = None) -> float:
     raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
 
 
-def explaining_tile(tile_scores: np.ndarray) -> int:
-    """Index of the tile whose graph score is largest (ties: the lowest index)."""
-    return int(np.argmax(np.asarray(tile_scores).ravel()))
+def explaining_tile(
+    tile_maps: np.ndarray, image_map: np.ndarray, origins: list[tuple[int, int]], tile: int
+) -> int:
+    """The tile under the image map's maximum, the pixel that decided the score.
+
+    Of the tiles covering that pixel (first maximum in row-major order), the one whose own
+    raw map is largest there; ties go to the lowest index. Not the tile with the largest raw
+    peak: smoothing and overlap averaging can move the image's maximum to another tile.
+    """
+    py, px = np.unravel_index(int(np.argmax(image_map)), image_map.shape)
+    maps = np.asarray(tile_maps).reshape(len(origins), tile, tile)
+    best, best_value = 0, -np.inf
+    for k, (y, x) in enumerate(origins):
+        if y <= py < y + tile and x <= px < x + tile and maps[k, py - y, px - x] > best_value:
+            best, best_value = k, float(maps[k, py - y, px - x])
+    return best
 
 
 @dataclass(frozen=True)
@@ -210,3 +223,7 @@ class Tiling:
 
     def score(self, image_map: np.ndarray) -> float:
         return reduce_map(image_map, self.reduce, self.topk)
+
+    def explaining_tile(self, tile_maps: np.ndarray, image_map: np.ndarray) -> int:
+        origins = tile_origins(self.image_height, self.image_width, self.tile, self.stride)
+        return explaining_tile(tile_maps, image_map, origins, self.tile)

@@ -36,7 +36,9 @@ def _regions(masks: np.ndarray) -> list[np.ndarray]:
 def pro_curve(
     maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_FPR
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, pro) at thresholds spread evenly over FPR in [0, max_fpr], fpr ascending."""
+    """(fpr, pro), fpr ascending: thresholds spread evenly over FPR in [0, max_fpr], then the
+    first point past max_fpr (the next lower normal value, and finally -inf at FPR 1) so the
+    area up to max_fpr can interpolate across tied map values instead of stopping short."""
     maps = np.asarray(maps, dtype=np.float64)
     masks = np.asarray(masks)
     if maps.shape != masks.shape or maps.ndim != 3:
@@ -48,6 +50,9 @@ def pro_curve(
         raise ValueError("AUPRO needs defect-free pixels and at least one defect region")
     targets = np.linspace(0.0, max_fpr, N_THRESHOLDS)
     thresholds = np.quantile(normal, 1.0 - targets)
+    lower = normal[normal < thresholds[-1]]
+    beyond = [lower[-1]] if lower.size else []
+    thresholds = np.concatenate([thresholds, beyond, [-np.inf]])
     fpr = 1.0 - np.searchsorted(normal, thresholds, side="right") / normal.size
     pro = np.zeros_like(thresholds)
     for idx in regions:
@@ -57,15 +62,20 @@ def pro_curve(
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_FPR) -> float:
-    """Normalised area under PRO(FPR) on [0, max_fpr]; NaN without regions or normal pixels."""
+    """Normalised area under PRO(FPR) on [0, max_fpr]; NaN without regions or normal pixels.
+
+    The curve is linear between measured points, also across a jump where many pixels share
+    one map value (a constant map scores the chance 0.15 at max_fpr 0.3, not 0)."""
     try:
         fpr, pro = pro_curve(maps, masks, max_fpr)
     except ValueError as err:
         if "needs defect-free" in str(err):
             return float("nan")
         raise
-    keep = fpr <= max_fpr
-    fpr, pro = fpr[keep], pro[keep]
-    if fpr[-1] < max_fpr:  # close the curve at max_fpr with the last PRO reached
-        fpr, pro = np.append(fpr, max_fpr), np.append(pro, pro[-1])
-    return float(np.trapezoid(pro, fpr) / max_fpr)
+    last = int(np.searchsorted(fpr, max_fpr, side="right")) - 1  # last point <= max_fpr
+    x, y = fpr[: last + 1], pro[: last + 1]
+    if x[-1] < max_fpr:  # interpolate to max_fpr on the segment that crosses it
+        x1, y1 = fpr[last + 1], pro[last + 1]
+        y_end = y[-1] + (y1 - y[-1]) * (max_fpr - x[-1]) / (x1 - x[-1])
+        x, y = np.append(x, max_fpr), np.append(y, y_end)
+    return float(np.trapezoid(y, x) / max_fpr)

@@ -4,7 +4,8 @@ Each image is covered by the head's tile grid (granvae.scoring.tiling); the tile
 through the model in batches, their raw maps are stitched (mean over overlaps), the
 stitched map is smoothed once and reduced by the rule (max or top-k mean over the whole
 part). The latent means and group attribution reported for an image are those of the tile
-whose raw map peaks highest: the tile that explains the alarm. The edge runtime repeats
+under the stitched map's maximum (the pixel that decided the score): the tile that explains
+the alarm. The edge runtime repeats
 these steps in numpy on the graph's tile outputs; the parity tests hold the two together.
 """
 
@@ -44,6 +45,25 @@ def part_map_and_score(
     return smoothed, score
 
 
+def explaining_tiles(
+    tile_maps: torch.Tensor, smoothed: torch.Tensor, tiling: Tiling
+) -> torch.Tensor:
+    """(N, T, tile, tile) raw maps and (N, H, W) smoothed part maps -> (N,) index of the tile
+    under each part map's maximum; of the tiles covering it, the one with the largest raw
+    value there (ties: the lowest index). The edge's tiling.explaining_tile is the twin."""
+    n, height, width = smoothed.shape
+    flat = smoothed.reshape(n, -1).argmax(1)
+    py, px = flat // width, flat % width
+    rows = torch.arange(n)
+    values = torch.full((n, tile_maps.shape[1]), -torch.inf, dtype=tile_maps.dtype)
+    t = tiling.tile
+    for k, (y, x) in enumerate(tiling.grid(height, width)):
+        inside = (py >= y) & (py < y + t) & (px >= x) & (px < x + t)
+        here = tile_maps[rows, k, (py - y).clamp(0, t - 1), (px - x).clamp(0, t - 1)]
+        values[:, k] = torch.where(inside, here, values[:, k])
+    return values.argmax(1)
+
+
 @torch.no_grad()
 def score_tiled(
     head: InspectionHead,
@@ -71,7 +91,8 @@ def score_tiled(
         per_tile = outputs_in_batches(head.tile_outputs, flat, batch_size, device)
         res = {key: v.reshape(m, n_tiles, *v.shape[1:]) for key, v in per_tile.items()}
         smoothed, score = part_map_and_score(res["anomaly_map"], tiling, h, w, kernel, reduction, k)
-        best = res["score"].argmax(1)  # first maximum on ties, as numpy's argmax
+        best = explaining_tiles(res["anomaly_map"].reshape(m, n_tiles, tiling.tile, tiling.tile),
+                                smoothed, tiling)  # fmt: skip
         rows = torch.arange(m)
         out["score"].append(score.numpy())
         out["anomaly_map"].append(smoothed.numpy())
