@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
+from scipy.stats import norm
 from sweep_fixtures import candidate_row
+
+from granvae.metrics.thresholds import calibrate_threshold
 
 from granvae.select import (
     Decision,
@@ -17,6 +21,7 @@ from granvae.select import (
     select,
     write_decision,
 )
+from granvae.select_evidence import EvalScores
 
 
 def _policy(**overrides) -> SelectionPolicy:
@@ -53,7 +58,8 @@ def test_tie_on_primary_is_broken_by_elbo_within_tolerance():
     rows.append(candidate_row(4, 0.80 - 1e-12, -90.0))
     decision = select(rows, _policy())
     assert decision.winner == "g4-b4-d4-s0"  # best ELBO among three tied on recall
-    assert "tied with 2 other(s), e.g. g2-b4-d4-s0" in decision.why  # no intervals in rows
+    assert "tied for 3 candidates led by g2-b4-d4-s0" in decision.why  # no per-image scores
+    assert "tolerance only" in decision.why
     assert "elbo tie-break -90 vs -100" in decision.why
     wide = _policy(ranking={"mode": "lexicographic", "primary_tolerance": 0.05})
     rows = [candidate_row(1, 0.80, -120.0), candidate_row(2, 0.84, -100.0)]
@@ -144,29 +150,88 @@ def _with_interval(row: dict, lo: float, hi: float, latent_dim: int = 4) -> dict
     return {**row, "recall_at_far_lo": lo, "recall_at_far_hi": hi, "latent_dim": latent_dim}
 
 
-def test_overlapping_intervals_are_a_tie_within_noise_decided_by_elbo():
-    """2 more defects out of 128 is not a win: the intervals overlap, ELBO decides."""
+def _evidence(recalls: dict[str, float], rho: float = 0.8, seed: int = 0, n_good: int = 2048,
+              n_defect: int = 256) -> dict[str, EvalScores]:
+    """Per-image scores of several candidates on one evaluation set, with the given true
+    recalls at 1% false alarms (binormal, correlation rho between candidates)."""
+    rng = np.random.default_rng(seed)
+    shared_g, shared_d = rng.standard_normal(n_good), rng.standard_normal(n_defect)
+    out = {}
+    for cid, recall in recalls.items():
+        good = np.sqrt(rho) * shared_g + np.sqrt(1 - rho) * rng.standard_normal(n_good)
+        defect = np.sqrt(rho) * shared_d + np.sqrt(1 - rho) * rng.standard_normal(n_defect)
+        out[cid] = EvalScores(good, defect + norm.ppf(0.99) + norm.ppf(recall), 0.01)
+    return out
+
+
+def _point(scores: EvalScores) -> float:
+    return float(np.mean(scores.defect > calibrate_threshold(scores.good, 0.01).value))
+
+
+def test_overlapping_intervals_are_not_a_tie_when_the_paired_difference_excludes_zero():
+    """The issue's case: A ~0.2 with the better ELBO, B ~0.5; their own intervals overlap
+    but B - A on the same images is clearly positive, so B wins; intervals alone said A."""
+    ev = _evidence({"g1-b4-d4-s0": 0.19, "g2-b4-d4-s0": 0.48})
+    a, b = (_point(ev[k]) for k in ("g1-b4-d4-s0", "g2-b4-d4-s0"))
     rows = [
-        _with_interval(candidate_row(1, 0.80, -120.0), 0.70, 0.88),
-        _with_interval(candidate_row(2, 0.78, -100.0), 0.68, 0.86),
-        _with_interval(candidate_row(5, 0.60, -50.0), 0.50, 0.69),
+        _with_interval(candidate_row(1, a, -100.0), 0.05, 0.47),
+        _with_interval(candidate_row(2, b, -120.0), 0.35, 0.68),
     ]
-    decision = select(rows, _policy())
+    decision = select(rows, _policy(gates=[]), ev)
     assert decision.winner == "g2-b4-d4-s0"
-    assert "tie within noise" in decision.why and "elbo tie-break -100 vs -120" in decision.why
     table = _by_id(decision)
-    assert table["g5-b4-d4-s0"]["rank"] == 3 and not table["g5-b4-d4-s0"]["tied_with_winner"]
-    assert table["g1-b4-d4-s0"]["recall_at_far_95ci"] == "[0.700, 0.880]"
-    off = _policy(ranking={"mode": "lexicographic", "within_noise": False})
-    assert select(rows, off).winner == "g1-b4-d4-s0"  # without intervals the point estimate wins
+    assert table["g1-b4-d4-s0"]["tied_with_winner"] is False
+    assert table["g1-b4-d4-s0"]["vs_winner"].startswith("-")
+    assert "paired" in decision.why and "tie-break not needed" in decision.why
+
+
+def test_a_paired_tie_is_decided_by_elbo_and_tied_with_winner_says_so():
+    ev = _evidence({"g1-b4-d4-s0": 0.70, "g2-b4-d4-s0": 0.70, "g5-b4-d4-s0": 0.30})
+    rows = [candidate_row(g, _point(ev[f"g{g}-b4-d4-s0"]), e)
+            for g, e in ((1, -120.0), (2, -100.0), (5, -50.0))]  # fmt: skip
+    decision = select(rows, _policy(gates=[]), ev)
+    assert decision.winner == "g2-b4-d4-s0"  # tied with g1 on recall, better ELBO
+    assert "tie within noise: the paired interval holds 0" in decision.why
+    table = _by_id(decision)
+    assert table["g1-b4-d4-s0"]["tied_with_winner"] is True
+    assert table["g5-b4-d4-s0"]["tied_with_winner"] is False  # ELBO -50 cannot buy it back
+    assert table["g5-b4-d4-s0"]["rank"] == 3
+    lo, hi = (float(x) for x in table["g1-b4-d4-s0"]["vs_winner"].split("[")[1][:-1].split(","))
+    assert lo <= 0.0 <= hi
 
 
 def test_equal_elbo_in_a_tie_goes_to_the_simpler_model():
     rows = [
-        _with_interval(candidate_row(1, 0.80, -100.0), 0.7, 0.9, latent_dim=16),
-        _with_interval(candidate_row(2, 0.79, -100.0), 0.7, 0.9, latent_dim=8),
+        {**candidate_row(1, 0.80, -100.0), "latent_dim": 16},
+        {**candidate_row(2, 0.80, -100.0), "latent_dim": 8},
     ]
     assert select(rows, _policy()).winner == "g2-b4-d4-s0"
+
+
+def _renamed(rows: list[dict], ev: dict, names: dict[str, str]):
+    rows = [{**r, "candidate_id": names[r["candidate_id"]]} for r in rows]
+    return rows, {names[k]: v for k, v in ev.items()}
+
+
+def test_winner_depends_neither_on_order_nor_on_names_nor_on_clear_losers():
+    recalls = {"g1-b4-d4-s0": 0.72, "g2-b4-d4-s0": 0.70, "g5-b4-d4-s0": 0.71,
+               "g10-b4-d4-s0": 0.35}  # fmt: skip
+    ev = _evidence(recalls, seed=4)
+    elbo = {"g1-b4-d4-s0": -110.0, "g2-b4-d4-s0": -100.0, "g5-b4-d4-s0": -100.0,
+            "g10-b4-d4-s0": -10.0}  # fmt: skip
+    rows = [candidate_row(int(c.split("-")[0][1:]), _point(ev[c]), elbo[c]) for c in recalls]
+    base = select(rows, _policy(gates=[]), ev)
+    key = (base.row(base.winner)["candidate_id"],)
+    assert base.winner == "g2-b4-d4-s0"  # g2 and g5 tie on recall and ELBO: smaller granularity
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        order = rng.permutation(len(rows))
+        names = {c: f"cand-{n}" for c, n in zip(recalls, rng.permutation(100)[:4], strict=True)}
+        shuffled, ev2 = _renamed([rows[i] for i in order], ev, names)
+        decision = select(shuffled, _policy(gates=[]), ev2)
+        assert decision.winner == names[key[0]], trial
+    without_loser = [r for r in rows if r["candidate_id"] != "g10-b4-d4-s0"]
+    assert select(without_loser, _policy(gates=[]), ev).winner == base.winner
 
 
 def test_decision_pools_seeds_per_configuration_with_intervals():
@@ -186,3 +251,25 @@ def test_decision_pools_seeds_per_configuration_with_intervals():
     assert lo < 0.80 < hi and hi - lo == pytest.approx(2 * 4.303 * 0.02 / 3**0.5, rel=1e-3)
     md = decision_markdown(decision)
     assert "Per configuration over seeds" in md and "| g2-b4-d4 | 3 |" in md
+
+
+def test_default_gates_match_params_yaml_and_refuse_useless_models():
+    """The in-code defaults are params.yaml's: a minimum recall and the collapse gate. A
+    sweep where nothing reaches them has no winner, and says which gate failed."""
+    from pathlib import Path
+
+    import yaml
+
+    from granvae.select import default_gates
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    written = [Gate.model_validate(g) for g in params["select"]["gates"]]
+    assert [g.label for g in written] == [g.label for g in default_gates()]
+    assert [g.optional for g in written] == [g.optional for g in default_gates()]
+    useless = [candidate_row(1, 0.0, -90.0), candidate_row(2, 0.45, -100.0)]
+    decision = select(useless, SelectionPolicy())
+    assert decision.winner is None and decision.passed == []
+    assert "recall_at_far >= 0.5 failed for 2/2" in decision.why
+    collapsed = [{**candidate_row(1, 0.9, -90.0), "active_units": 0}]
+    assert select(collapsed, SelectionPolicy()).winner is None
+    assert select([{**collapsed[0], "active_units": 3}], SelectionPolicy()).winner == "g1-b4-d4-s0"
