@@ -12,7 +12,6 @@ from scipy.stats import norm
 from sweep_fixtures import candidate_row
 
 from granvae.metrics.thresholds import calibrate_threshold
-
 from granvae.select import (
     Decision,
     Gate,
