@@ -77,9 +77,10 @@ def test_heatmap_overlay_is_red_where_the_map_is_high(tmp_path, capsys):
 
 def test_order_statistic_threshold_and_small_sample_fallback():
     scores = np.arange(1, 101, dtype=float)  # 1..100
-    choice = order_statistic_threshold(scores, 0.01)
-    assert choice.k == 99 and choice.value == 99.0 and choice.note is None
-    assert order_statistic_threshold(scores, 0.29).k == 71  # 0.29*100 is 28.999.. in floats
+    choice = order_statistic_threshold(scores, 0.05)  # k = ceil(0.95 * 101) = 96
+    assert choice.k == 96 and choice.value == 96.0 and choice.note is None
+    assert order_statistic_threshold(scores, 0.01).k == 100  # ceil(99.99): the max, guaranteed
+    assert order_statistic_threshold(scores, 0.29).k == 72  # ceil(0.71 * 101 = 71.71)
     small = order_statistic_threshold(scores[:20], 0.01)
     assert small.value == 20.0 and "maximum" in small.note and "max" in small.method
 
@@ -108,7 +109,9 @@ def test_calibrate_writes_new_revision_and_decisions_change(tmp_path, capsys):
     inspector = Inspector(bundle, intra_op_threads=1)  # same model.onnx, new manifest
     flags = [v.decision for v in inspector.score_batch([inspector.prepare(p) for p in good])]
     assert np.mean(flags) <= 0.01  # observed false-alarm rate on calibration images <= target
-    assert t["observed_false_alarm_rate"] <= 0.01
+    assert "observed_false_alarm_rate" not in t  # it read like the line's rate; it is not
+    assert t["expected_false_alarm_rate"] <= 0.01 and "<= 0.01" in t["guarantee"]
+    assert 0.01 < t["false_alarm_rate_upper_95"] < 0.05 and t["rank"] == 120
     assert inspector.threshold == pytest.approx(t["value"])
     assert inspector.score_one(probe).decision is False  # new threshold, same model bytes
     assert run_cli("verify", str(bundle)).returncode == 0
@@ -135,5 +138,6 @@ def test_calibrate_with_too_few_images_uses_the_max_and_says_so(tmp_path, capsys
                  "--threads", "1"]) == 0  # fmt: skip
     captured = capsys.readouterr()
     threshold = json.loads(captured.out)["threshold"]
-    assert "n < 1/far" in threshold["method"] and "note" in threshold
+    assert "n + 1 < 1/far" in threshold["method"] and "note" in threshold
+    assert threshold["guarantee"].startswith("NOT guaranteed")
     assert "maximum" in captured.err

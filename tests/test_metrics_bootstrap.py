@@ -26,11 +26,12 @@ def test_fixed_threshold_interval_is_the_binomial_one():
 
 
 def test_threshold_is_recalibrated_in_every_replicate():
-    """Good scores 0..99 at 1%: the order statistic is index 98 of the sorted resample."""
-    good = np.arange(100.0)
-    idx = np.array([np.arange(100), np.r_[np.zeros(50, int), np.full(50, 99)]])
+    """Good scores 0..199 at 1%: the conformal rank ceil(0.99 * 201) = 199, index 198 of the
+    sorted resample."""
+    good = np.arange(200.0)
+    idx = np.array([np.arange(200), np.r_[np.zeros(100, int), np.full(100, 199)]])
     thr = thresholds_from_resamples(good, idx, 0.01)
-    assert thr.tolist() == [98.0, 99.0]
+    assert thr.tolist() == [198.0, 199.0]
     assert calibrate_threshold(good, 0.01).value == thr[0]
 
 
