@@ -84,7 +84,8 @@ def test_worse_challenger_refused_on_same_images_forced_and_better_promoted(
     out = CliRunner().invoke(app, ["promote", "--model-name", name])
     text = " ".join(out.output.split())
     assert out.exit_code == 2, out.output
-    assert f"version {v2} is worse than champion version {v1} beyond noise" in text
+    assert f"version {v2} is not shown to be within the margin of champion version {v1}" in text
+    assert "REFUSED: may be worse by more than the margin" in text
     assert f"on the same images (data version {data_v2}: 160 good" in text
     assert f"challenger v{v2} recall_at_far" in text and f"champion v{v1} recall_at_far" in text
     assert "Traceback" not in out.output
@@ -103,7 +104,7 @@ def test_worse_challenger_refused_on_same_images_forced_and_better_promoted(
     tags = store.client.get_model_version(name, str(v2)).tags
     assert (
         tags["granvae.promotion_forced"] == "True"
-        and "beyond noise" in tags["granvae.promotion_check"]
+        and "within the margin" in tags["granvae.promotion_check"]
     )
 
     v3 = _register(tmp_path, store, name, seed=2, likelihood="gaussian")
