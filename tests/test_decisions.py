@@ -111,3 +111,28 @@ def test_the_edge_calibrates_with_the_same_rule_and_bound():
         assert g_edge["false_alarm_rate_upper_95"] == pytest.approx(
             g_ours["false_alarm_rate_upper_95"], rel=1e-12
         )
+
+
+def test_non_finite_scores_become_a_named_forceable_refusal(monkeypatch):
+    """A champion scoring NaN on the shared images used to crash `promote` with a bare
+    ValueError; now it is one refusal among the others, which --force --reason overrides."""
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    from granvae.tracking import compare as cmp
+    from granvae.tracking import promotion
+
+    with pytest.raises(cmp.NonFiniteScores, match="version 3 gave 2 non-finite"):
+        cmp._finite(3, np.array([1.0, np.nan, np.inf, 2.0]))
+    assert cmp._finite(3, np.array([1.0, 2.0])).tolist() == [1.0, 2.0]
+
+    def nan_champion(store, mv, champ, rule):
+        cmp._finite(int(champ.version), np.array([np.nan, 1.0]))
+
+    monkeypatch.setattr(promotion, "compare", nan_champion)
+    tags = [ModelVersionTag("data_version", "d")]
+    new, old = (ModelVersion("m", v, 0, tags=tags) for v in ("4", "3"))
+    problems, note, comparison = promotion._versus(None, new, old, "recall_at_far")
+    assert problems == [
+        "version 3 gave 1 non-finite (NaN/inf) score(s) on the 2 shared evaluation images; "
+        "no fair comparison with champion version 3"
+    ]
