@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class Figures:
     version: int
     recall_at_far: float
     image_auroc: float
+    recall_by_label: dict[str, float] = field(default_factory=dict)  # per defect class label
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,11 @@ def _figures(version: int, good: np.ndarray, test: np.ndarray, labels: np.ndarra
     threshold = calibrate_threshold(good, far)
     defect = test[labels != 0]
     recall = float(np.mean(defect > threshold.value)) if defect.size else float("nan")
-    return Figures(version, recall, float(image_auroc(test, labels)))
+    by_label = {
+        str(int(k)): float(np.mean(test[labels == k] > threshold.value))
+        for k in np.unique(labels[labels != 0])
+    }
+    return Figures(version, recall, float(image_auroc(test, labels)), by_label)
 
 
 def _finite(version: int, scores: np.ndarray) -> np.ndarray:
