@@ -183,6 +183,9 @@ def test_bundle_manifest_matches_contract(conv_onnx, tmp_path) -> None:
     block = manifest["threshold"]
     assert block["value"] == 123.4 and block["score"] == "neg_elbo" and block["n_images"] == 200
     assert block["calibrated_on"] == "val of test data" and block["false_alarm_rate"] == 0.01
+    # what the threshold promises the line: conformal rank ceil(0.99 * 201) = 199 of 200
+    assert block["rank"] == 199 and block["expected_false_alarm_rate"] == pytest.approx(2 / 201)
+    assert "<= 0.01" in block["guarantee"] and 0.01 < block["false_alarm_rate_upper_95"] < 0.05
     assert manifest["metrics"] == {"auroc": 0.9, "pixel_auroc": None}
     assert manifest["revision"] == 1 and manifest["previous_revisions"] == []
     assert manifest["mlflow_model_uri"] == "models:/granvae-inspector/3"
