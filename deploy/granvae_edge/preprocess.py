@@ -35,6 +35,7 @@ MIN_DEFAULT_PIXELS = 4096 * 4096
 # memory bound is inflight x max_pixels x this.
 DECODE_BYTES_PER_PIXEL = 12
 LUT_BLOCK = 1 << 20  # pixels mapped per lookup-table step (its int64 index copy: 8 MB)
+MAX_SHRINK = 16  # bilinear shrink factor beyond which a box reduction runs first
 
 if TYPE_CHECKING:
     from .contract import FrameContract
@@ -201,12 +202,29 @@ def fit_size(
         return img
     if contract is not None:
         contract.check_header(img.size[0], img.size[1], "L")  # raises for any other size
+        # exactly the import's resize (granvae.data.images.to_array), whatever the factor
         return img.resize(size, Image.Resampling.BILINEAR)
     if spec["resize"] == "none":
         raise InputError(
             f"image is {img.size[0]}x{img.size[1]} but the model takes {size[0]}x{size[1]} "
             "and the bundle does not resize"
         )
+    return _bilinear(img, size)
+
+
+def _bilinear(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Pillow's bilinear resize, with a box pre-reduction for extreme shrink factors.
+
+    Pillow's resize keeps a table of float64 filter weights whose length grows with the input
+    width (or height) times the shrink factor: a 8,000,000 x 1 strip shrunk to 32 px costs
+    ~16 bytes per pixel in that table alone. Beyond MAX_SHRINK an integer box reduction first
+    brings the factor down (memory: its output), then the bilinear step runs as usual; frames
+    within MAX_SHRINK of the working size are resized exactly as before. Only bundles without
+    a frame contract get here (with one, a strip is refused from its header).
+    """
+    fx, fy = img.size[0] // (size[0] * MAX_SHRINK), img.size[1] // (size[1] * MAX_SHRINK)
+    if fx > 1 or fy > 1:
+        img = img.reduce((max(1, fx), max(1, fy)))
     return img.resize(size, Image.Resampling.BILINEAR)
 
 
