@@ -136,8 +136,7 @@ def frames_section(results: dict) -> list[str]:
     lines += ["", f"4 concurrent 16-bit bombs, inflight 2: `{_ok(_outcome(results, conc))}`.",
               "", "Measured peak RSS above a small frame's, per decoded pixel "
               "(`python benchmarks/decode_memory.py deploy`; 8 M-pixel files, no contract, so "
-              "they are decoded): see docs/benchmarks-style figures in deploy/README.md "
-              "\"Memory\".", ""]  # fmt: skip
+              "they are decoded): deploy/README.md, \"Memory\".", ""]  # fmt: skip
     return lines
 
 
