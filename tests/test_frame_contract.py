@@ -185,3 +185,19 @@ def test_bundle_writes_resize_from_the_contract(tmp_path):
     shipped = build_manifest(bundle / "model.onnx", frame_contract=contract, **kwargs)
     assert shipped["input"]["resize"] == "bilinear"
     assert json.loads(json.dumps(shipped))["frame_contract"]["source_sizes"][1] == [64, 64]
+
+
+def test_report_heatmaps_use_the_edge_scale(tmp_path):
+    """granvae's report scales maps as the edge does, so both pictures read the same."""
+    from granvae_edge import Inspector
+
+    from granvae.report.pictures import threshold_scaled
+
+    insp = Inspector(make_bundle(tmp_path / "b", threshold=1.0), intra_op_threads=1)
+    img = np.full((32, 32), 128, np.uint8)
+    img[:8, :8] = 255
+    verdict = insp.score_one(png_bytes(img))
+    edge = insp.normalised_map(verdict)
+    ours = threshold_scaled(verdict.anomaly_map[None], np.array([verdict.score]), 1.0, False)[0]
+    assert np.allclose(ours, edge, rtol=1e-5, atol=1e-7)
+    assert ours.max() == pytest.approx(verdict.score)  # threshold 1.0: peak = score

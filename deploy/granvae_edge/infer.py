@@ -146,6 +146,12 @@ class Inspector:
         """
         amap = np.nan_to_num(np.asarray(verdict.anomaly_map, dtype=np.float32), nan=0.0)
         amap = np.squeeze(amap)
+        if self.threshold <= 0:
+            # No ratio scale exists around a threshold <= 0 (e.g. a Gaussian NLL): the peak
+            # only says which side of it the part is on (1.5 reject, 0.5 pass).
+            peak = float(amap.max()) if amap.size else 0.0
+            target = 1.5 if verdict.decision else 0.5
+            return amap * np.float32(target / peak) if peak > 0 else np.zeros_like(amap)
         if self.tiling is not None or not math.isfinite(verdict.score):
             return amap / np.float32(self.threshold)
         peak = float(amap.max()) if amap.size else 0.0
