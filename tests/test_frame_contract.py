@@ -74,15 +74,15 @@ def test_contract_from_store_source_block_says_when_the_edge_may_resize():
 
 
 def test_bad_contract_blocks_refuse_the_bundle_naming_the_field(tmp_path):
-    from granvae_edge import Inspector
+    from granvae_edge import BundleError, Inspector
 
     bad = contract_block(32)
     bad["window"] = [0, 70000]
     bundle = with_contract(make_bundle(tmp_path / "b"), bad)
-    with pytest.raises(ValueError, match="frame_contract.window"):
+    with pytest.raises(BundleError, match="frame_contract.window"):
         Inspector(bundle, intra_op_threads=1)
     other = with_contract(make_bundle(tmp_path / "c"), contract_block(64))
-    with pytest.raises(ValueError, match="working_size"):
+    with pytest.raises(BundleError, match="working_size"):
         Inspector(other, intra_op_threads=1)
 
 

@@ -91,14 +91,8 @@ class Inspector:
     ) -> None:
         self.bundle: Bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads)
         self.tiling: Tiling | None = Tiling.from_manifest(self.bundle.manifest)
+        # checked with the rest of the manifest (manifest._check_frame_contract)
         self.contract: FrameContract | None = FrameContract.from_manifest(self.bundle.manifest)
-        if self.contract is not None:
-            ih, iw = self.image_spec["height"], self.image_spec["width"]
-            if self.contract.working_hw != (ih, iw):
-                raise ValueError(
-                    f"manifest field 'frame_contract.working_size' {list(self.contract.working_hw)}"
-                    f" differs from the model's working size [{ih}, {iw}]"
-                )
         attribution = self.bundle.manifest.get("attribution")
         self.show_group = bool(
             isinstance(attribution, dict) and attribution.get("significant") is True
