@@ -271,16 +271,15 @@ class EdgeHandler(BaseHTTPRequestHandler):
 
     def _score(self) -> None:
         t0 = time.perf_counter()
-        query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
-        map_format = (query.get("map") or [None])[0]
-        if map_format not in (None, *api.MAP_FORMATS):
-            self._received()
-            self._error(400, "bad_input", f"map={map_format!r}: use one of {api.MAP_FORMATS}")
-            return
-        body = self._read_body()
+        body = self._read_body()  # first: an unread body would corrupt a keep-alive stream
         if body is None:
             return
         self._received()
+        query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+        map_format = (query.get("map") or [None])[0]
+        if map_format not in (None, *api.MAP_FORMATS):
+            self._error(400, "bad_input", f"map={map_format!r}: use one of {api.MAP_FORMATS}")
+            return
         try:
             body = api.image_bytes(body, self.headers.get("Content-Type", ""))
         except InputError as exc:
