@@ -34,14 +34,16 @@ from .metrics import Metrics
 from .preprocess import InputError, TooLargeError
 
 
-class ServingState(Protocol):
+class LiveInspector(Protocol):
+    """server.ServingState: the inspector serving now (swapped whole on reload)."""
+
     def current(self) -> Inspector: ...
 
 
 class EdgeApp(Protocol):
     """What the handler needs from the server; server.EdgeServer provides it."""
 
-    state: ServingState
+    state: LiveInspector
     metrics: Metrics
     admission: Admission
     watchdog: Watchdog
@@ -52,6 +54,7 @@ class EdgeApp(Protocol):
     def health(self) -> dict[str, Any]: ...
 
     def reload(self) -> tuple[bool, str]: ...
+
 
 DRAIN_LIMIT = 16 * 1024 * 1024
 DRAIN_SECONDS = 1.0
