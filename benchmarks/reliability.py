@@ -26,6 +26,9 @@ for sub in ("deploy", "tests", "tests/reliability"):
 from test_reliability_http import CASES as HTTP_CASES  # noqa: E402
 from test_reliability_pull import CASES as PULL_CASES  # noqa: E402
 
+FRAME_TESTS = {"CLI": "test_cli_gives_every_frame_its_verdict",
+               "HTTP": "test_http_gives_every_frame_its_verdict_and_counts_invalid"}  # fmt: skip
+
 DEFECTS = [
     ("1", "NaN/Infinity threshold accepted by verify, score, serve, pull",
      ["test_non_finite_threshold_is_refused_everywhere", "NaN threshold", "Infinity threshold",
@@ -93,6 +96,50 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r).replace("\n", " ") + " |" for r in rows]
 
 
+def _ok(outcome: str) -> str:
+    """A test outcome that cannot be misread as the verdict "pass"."""
+    return "ok" if outcome == "pass" else outcome
+
+
+def frames_section(results: dict) -> list[str]:
+    """Issue 15's table: every frame the model was not trained to see, per bundle kind and
+    entry point (tests/reliability/test_frames.py asserts a whole table in one test)."""
+    from test_frames import TILED, WHOLE, cases, twelve_bit_cases
+
+    lines = ["## Frames the model was not trained to see (issue 15)", "",
+             "`tests/reliability/test_frames.py`: the fixture model with a hand-written frame",
+             "contract (working size, source size 2x, 8-bit or 12-bit window, sanity ranges mean",
+             "100..156, contrast 15..60, sharpness 10..150). No frame may get a silent `pass`:",
+             "`invalid` is HTTP 422 and an `invalid` CLI line, counted in /metrics `verdicts`.",
+             ""]  # fmt: skip
+    names = [(n, v, c) for n, _, v, c in cases(WHOLE)]
+    names += [(n, v, c) for n, _, v, c in twelve_bit_cases(WHOLE)]
+    header = ["frame", "expected verdict"] + [f"{e} {k} (test)" for e in FRAME_TESTS
+                                               for k in ("whole", "tiled")]  # fmt: skip
+    rows = []
+    for name, verdict, check in names:
+        expected = f"`{verdict}`" + (f" ({check})" if check else "")
+        rows.append([name, expected] + [_ok(_outcome(results, t, k)) for t in FRAME_TESTS.values()
+                                        for k in ("whole", "tiled")])  # fmt: skip
+    lines += _table(header, rows)
+    lines += ["", f"Working sizes: whole-image {WHOLE} px, tiled {TILED} px (32-px tiles).",
+              "FIFOs, dangling links, link loops and linked folders: "
+              f"`{_ok(_outcome(results, 'test_fifo_and_links_get_one_line_each_and_never_block'))}`"
+              " (one error line each, never a hang). Decoding bombs against the stated bound "
+              "`inflight x max_pixels x 12 bytes` (peak RSS of a real process):", ""]  # fmt: skip
+    bomb = "test_decoding_bombs_stay_inside_the_stated_bound"
+    lines += _table(["bomb (8 M pixels)", "no contract", "contract (refused from header)"],
+                    [[b, _ok(_outcome(results, bomb, f"{b}-no-contract")),
+                      _ok(_outcome(results, bomb, f"{b}-contract"))]
+                     for b in ("bomb16.png", "strip.png")])  # fmt: skip
+    conc = "test_concurrent_requests_stay_inside_inflight_times_the_bound"
+    lines += ["", f"4 concurrent 16-bit bombs, inflight 2: `{_ok(_outcome(results, conc))}`.",
+              "", "Measured peak RSS above a small frame's, per decoded pixel "
+              "(`python benchmarks/decode_memory.py deploy`; 8 M-pixel files, no contract, so "
+              "they are decoded): deploy/README.md, \"Memory\".", ""]  # fmt: skip
+    return lines
+
+
 def render(results: dict, suite_code: int, bench: dict, seconds: float) -> str:
     http_test = "test_bad_request_gets_json_error_and_server_keeps_serving"
     pull_test = "test_malformed_registry_answer_is_one_clear_error"
@@ -132,8 +179,9 @@ def render(results: dict, suite_code: int, bench: dict, seconds: float) -> str:
         [[name, f"`{needle}`", _outcome(results, pull_test, name)]
          for name, (_, needle) in PULL_CASES.items()],
     )  # fmt: skip
+    lines += [""] + frames_section(results)
     others = sorted(k for k in results if not k.startswith((http_test, pull_test)))
-    lines += ["", "## Other cases", ""]
+    lines += ["## Other cases", ""]
     lines += _table(
         ["test", "outcome", "seconds"],
         [[f"`{k}`", results[k][0], f"{results[k][1]:.2f}"] for k in others],

@@ -68,6 +68,16 @@ def data_import(
     shard_mb: Annotated[
         int, typer.Option(min=1, help="image + mask MiB per shard, before compression")
     ] = 64,
+    bit_depth: Annotated[
+        int,
+        typer.Option(
+            min=8, max=16,
+            help="camera bit depth: 8, or 10..16 for 16-bit mono PNG/TIFF (window 0..2^N-1)",
+        ),
+    ] = 8,  # fmt: skip
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="refuse images whose header says more pixels than this")
+    ] = 64_000_000,
 ) -> None:
     """Validate an MVTec-style folder and write it as a dataset store, one shard at a time."""
     from granvae.data import import_mvtec
@@ -75,10 +85,12 @@ def data_import(
     try:
         manifest = import_mvtec(
             root, out, image_size=image_size, channels=channels, mixed=mixed,
-            shard_bytes=shard_mb * 2**20,
+            shard_bytes=shard_mb * 2**20, bit_depth=bit_depth, max_pixels=max_pixels,
         )  # fmt: skip
     except ValueError as err:
         _fail(str(err))
+    except OSError as err:  # disk full, read-only target, ...: one line, never a traceback
+        _fail(f"cannot write {out}: {err.strerror or err}")
     counts = {name: s["count"] for name, s in manifest["splits"].items()}
     c, h, w = manifest["observation_shape"]
     console.print(

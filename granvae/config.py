@@ -36,6 +36,7 @@ class DataConfig(BaseModel):
     image_size: int | None = Field(64, ge=16)  # None: a folder's own H x W (not generators)
     channels: int = Field(1, ge=1, le=3)
     mixed: str = Field("resize", pattern="^(resize|refuse)$")  # folder images of other sizes
+    bit_depth: int = Field(8, ge=8, le=16)  # folder camera depth: > 8 = 16-bit mono, 0..2^N-1
     defect_px: float | None = Field(None, gt=0)  # generated defects' size in px; None: a share
     store: str = "data/dataset"  # the dataset store folder DVC versions
 

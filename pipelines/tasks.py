@@ -49,7 +49,7 @@ def ingest(settings: Settings, landing: str | None, staging: str) -> str:
         log.info("ingesting landing folder %s", landing)
         import_mvtec(  # one shard's files decoded at a time: landing folders can be large
             landing, staging, image_size=data.image_size, channels=data.channels,
-            mixed=data.mixed,
+            mixed=data.mixed, bit_depth=data.bit_depth,
         )  # fmt: skip
         return staging
     log.info("generating %s data (seed %s)", data.source, data.seed)

@@ -263,3 +263,35 @@ def running_server(bundle_dir: Path, max_bytes: int = 1 << 20) -> Iterator[tuple
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def contract_block(
+    size: int | tuple[int, int] = 32,
+    source_sizes: list[list[int]] | None = None,
+    bit_depth: int = 8,
+    channels: int = 1,
+    ranges: dict | None = None,
+) -> dict:
+    """A manifest ``frame_contract`` block as docs/contracts.md spells it (granvae's exporter
+    writes it from the training data; tests write it by hand to know every bound)."""
+    hw = [size, size] if isinstance(size, int) else list(size)
+    return {
+        "working_size": hw,
+        "source_sizes": source_sizes or [hw],
+        "bit_depth": bit_depth,
+        "window": [0, 2**bit_depth - 1],
+        "channels": channels,
+        "resize": "bilinear" if source_sizes and source_sizes != [hw] else "none",
+        "ranges": ranges if ranges is not None else {},
+        "fitted_on": "fixture",
+    }
+
+
+def with_contract(bundle_dir: Path, block: dict, **manifest_fields) -> Path:
+    """Add a frame contract (and any other top-level fields) to a fixture bundle's manifest."""
+    path = Path(bundle_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["frame_contract"] = block
+    manifest.update(manifest_fields)
+    path.write_text(json.dumps(manifest, indent=2))
+    return Path(bundle_dir)

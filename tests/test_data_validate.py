@@ -78,7 +78,7 @@ def test_garbage_bytes_with_png_name(tree):
 @pytest.mark.parametrize(
     ("mode", "file_name", "expected"),
     [
-        ("RGBA", "alpha.png", "mode RGBA"),
+        ("RGBA", "alpha.png", "mode RGBA has transparent pixels"),
         ("CMYK", "print.jpg", "mode CMYK"),
         ("I;16", "deep.png", "mode I;16"),
     ],
@@ -87,6 +87,9 @@ def test_refused_modes_are_named(tree, mode, file_name, expected):
     if mode == "I;16":
         pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
         image = Image.fromarray(pixels)
+    elif mode == "RGBA":  # transparent pixels (a fully opaque alpha is dropped, as on the edge)
+        image = _noise_image(2, mode=mode)
+        image.putalpha(_noise_image(5))
     else:
         image = _noise_image(2, mode=mode)
     image.save(tree / "train/good" / file_name)

@@ -176,8 +176,8 @@ def test_bundle_manifest_matches_contract(conv_onnx, tmp_path) -> None:
     assert manifest["schema_version"] == 1 and manifest["opset"] == 17
     assert manifest["input"] == {
         "name": "image", "layout": "NHWC", "dtype": "uint8", "height": 32, "width": 32,
-        "channels": 1, "color_mode": "L", "resize": "bilinear",
-    }  # fmt: skip
+        "channels": 1, "color_mode": "L", "resize": "none",
+    }  # fmt: skip  (no frame contract given: the model never saw a resized frame)
     assert manifest["outputs"] == list(OUTPUT_NAMES)
     assert manifest["groups"] == [[0, 1], [2, 3], [4, 5]]
     block = manifest["threshold"]

@@ -5,6 +5,7 @@ granvae, so a factory-line device installs a few tens of MB rather than the trai
 """
 
 from .bundle import Bundle, BundleError, load_bundle
+from .contract import FrameContract, InvalidFrame
 from .infer import Inspector, Verdict
 from .manifest import ManifestError, validate_manifest
 from .preprocess import InputError
@@ -14,8 +15,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Bundle",
     "BundleError",
+    "FrameContract",
     "InputError",
     "Inspector",
+    "InvalidFrame",
     "ManifestError",
     "Verdict",
     "__version__",

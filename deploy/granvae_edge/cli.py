@@ -1,7 +1,8 @@
 """``granvae-edge``: verify, score, calibrate, pull and serve bundles (argparse, stdlib only).
 
 Exit codes: 0 success; 1 the command ran but found a problem (bundle refused, some images could
-not be scored); 2 bad usage or a bundle that cannot be loaded at all.
+not be scored, or were ``invalid`` under the bundle's frame contract); 2 bad usage or a bundle
+that cannot be loaded at all.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from . import __version__, calibrate, heatmap, preprocess
 from .bundle import BundleError
+from .contract import InvalidFrame
 from .infer import Inspector
 from .manifest import ManifestError
 
@@ -49,6 +51,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"input {spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}{tiles}, "
         f"threshold {b.threshold}, smoke score on a blank image {inspector.smoke_score:.6g}"
     )
+    status = inspector.contract_status()
+    if isinstance(status, str):
+        print(f"note: {status}")
+    else:
+        sizes = ", ".join(f"{w}x{h}" for h, w in status["source_sizes"])
+        print(
+            f"frame contract: {status['bit_depth']}-bit window {status['window'][0]}.."
+            f"{status['window'][1]}, {status['channels']} channel(s), source sizes {sizes}, "
+            f"sanity ranges {status['ranges']}"
+        )
     return 0
 
 
@@ -66,15 +78,18 @@ def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: s
     try:
         arr = inspector.prepare(path)
         verdict = inspector.score_batch([arr])[0]
+    except InvalidFrame as exc:
+        return {"path": str(path), "verdict": "invalid", "check": exc.check, "error": str(exc)}
     except preprocess.InputError as exc:
         return {"path": str(path), "error": str(exc)}
     except Exception as exc:  # a model failure on one image must not stop the stream
         return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
-    line: dict[str, Any] = {"path": str(path), **verdict.to_json()}
+    line: dict[str, Any] = {"path": str(path), **verdict.to_json(inspector.show_group)}
     if heat_dir is not None:
         target = _heatmap_path(heat_dir, path, used)
+        amap = inspector.normalised_map(verdict)
         try:
-            line["heatmap"] = str(heatmap.write_overlay(target, arr, verdict.anomaly_map))
+            line["heatmap"] = str(heatmap.write_overlay(target, arr, amap))
         except (OSError, ValueError) as exc:  # disk full, read-only folder, ...: this item only
             line["heatmap_error"] = f"cannot write {target}: {getattr(exc, 'strerror', 0) or exc}"
     return line

@@ -5,6 +5,15 @@ Content-Length before it is read; headers and body leave in one write with TCP_N
 keep-alive client never waits on Nagle's algorithm; a request has one deadline for its request
 line, headers and body together (limits.Watchdog); decoding and scoring happen inside a bounded
 admission turn (limits.Admission).
+
+The handler depends on the server only through ``EdgeApp`` (the few things a route needs:
+limits, metrics, the live inspector, health and reload), so imports go one way: server.py
+imports this module, never the reverse.
+
+``POST /score`` answers 200 with ``verdict`` "pass" or "reject", or 422 with ``verdict``
+"invalid" when the frame breaks the bundle's frame contract (a non-2xx status, so a client
+that only reads ``decision`` cannot mistake it for a pass). ``?map=png`` or ``?map=array``
+adds the anomaly map on the fixed scale where 1.0 is the threshold (deploy/README.md).
 """
 
 from __future__ import annotations
@@ -14,13 +23,38 @@ import socket
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
-from .limits import Busy
+from . import api
+from .contract import InvalidFrame
+from .infer import Inspector
+from .limits import Admission, Busy, Watchdog
+from .metrics import Metrics
 from .preprocess import InputError, TooLargeError
 
-if TYPE_CHECKING:
-    from .server import EdgeServer
+
+class LiveInspector(Protocol):
+    """server.ServingState: the inspector serving now (swapped whole on reload)."""
+
+    def current(self) -> Inspector: ...
+
+
+class EdgeApp(Protocol):
+    """What the handler needs from the server; server.EdgeServer provides it."""
+
+    state: LiveInspector
+    metrics: Metrics
+    admission: Admission
+    watchdog: Watchdog
+    max_bytes: int
+    request_timeout: float
+    verbose: bool
+
+    def health(self) -> dict[str, Any]: ...
+
+    def reload(self) -> tuple[bool, str]: ...
+
 
 DRAIN_LIMIT = 16 * 1024 * 1024
 DRAIN_SECONDS = 1.0
@@ -37,7 +71,7 @@ _STDLIB_ERRORS = {
 
 
 class EdgeHandler(BaseHTTPRequestHandler):
-    server: EdgeServer
+    server: EdgeApp  # type: ignore[assignment]  (the socketserver base is typed loosely)
     protocol_version = "HTTP/1.1"
     server_version = "granvae-edge"
     wbufsize = 64 * 1024  # headers + body are flushed together, in one send
@@ -99,10 +133,12 @@ class EdgeHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _error(
-        self, code: int, outcome: str, message: str, close: bool = False, extra: dict | None = None
-    ) -> None:
+        self, code: int, outcome: str, message: str, close: bool = False,
+        extra: dict | None = None, extra_body: dict | None = None,
+    ) -> None:  # fmt: skip
         self.server.metrics.record(outcome)
-        self._send_json(code, {"error": message, "status": code}, close=close, extra=extra)
+        payload = {"error": message, "status": code, **(extra_body or {})}
+        self._send_json(code, payload, close=close, extra=extra)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib's errors (bad request line, 431, 501, ...) as JSON, never an HTML page."""
@@ -238,19 +274,41 @@ class EdgeHandler(BaseHTTPRequestHandler):
 
     def _score(self) -> None:
         t0 = time.perf_counter()
-        body = self._read_body()
+        body = self._read_body()  # first: an unread body would corrupt a keep-alive stream
         if body is None:
             return
         self._received()
+        query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+        map_format = (query.get("map") or [None])[0]
+        if map_format not in (None, *api.MAP_FORMATS):
+            self._error(400, "bad_input", f"map={map_format!r}: use one of {api.MAP_FORMATS}")
+            return
+        try:
+            body = api.image_bytes(body, self.headers.get("Content-Type", ""))
+        except InputError as exc:
+            self._error(400, "bad_input", str(exc))
+            return
         inspector = self.server.state.current()  # this request keeps this session throughout
         try:
             with self.server.admission.turn():
                 verdict = inspector.score_one(body)
+                payload = verdict.to_json(show_group=inspector.show_group)
+                if map_format is not None:
+                    payload["anomaly_map"] = api.encode_map(
+                        inspector.normalised_map(verdict), map_format
+                    )
         except Busy as exc:
             self._error(503, "busy", str(exc), extra={"Retry-After": "1"})
             return
         except TooLargeError as exc:
             self._error(413, "too_large", str(exc))
+            return
+        except InvalidFrame as exc:
+            self.server.metrics.record_decision("invalid")
+            bundle = inspector.bundle
+            self._error(422, "invalid", str(exc), extra_body={
+                "verdict": "invalid", "check": exc.check, "threshold": inspector.threshold,
+                "revision": bundle.revision, "model_sha256": bundle.model_sha256})  # fmt: skip
             return
         except InputError as exc:
             self._error(400, "bad_input", str(exc))
@@ -258,11 +316,10 @@ class EdgeHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # a model failure is the server's fault, not the client's
             self._error(500, "error", f"scoring failed: {type(exc).__name__}: {exc}")
             return
-        payload = verdict.to_json()
         bundle = inspector.bundle
         payload.update(revision=bundle.revision, model_sha256=bundle.model_sha256)
         self.server.metrics.record("ok", (time.perf_counter() - t0) * 1000.0)
-        self.server.metrics.record_decision(verdict.decision)
+        self.server.metrics.record_decision(verdict.verdict)
         self._send_json(200, payload)
 
     def _reload(self) -> None:

@@ -1,7 +1,13 @@
 """Heatmap overlays: where on the part the model sees the anomaly.
 
 An operator judging a reject needs the location, not a number; a grey copy of the inspected
-image with the normalised anomaly map in red is readable on any screen and needs only Pillow.
+image with the anomaly map in red is readable on any screen and needs only Pillow.
+
+The map arrives on the fixed scale where 1.0 is the threshold (``Inspector.normalised_map``)
+and is drawn on that scale for every image: red opacity grows linearly to OVERLAY_ALPHA at
+FIXED_CEILING times the threshold. A good part therefore stays faint and a defective one shows
+red, instead of each image being stretched to its own range (which painted good parts as red
+as defective ones).
 """
 
 from __future__ import annotations
@@ -12,19 +18,17 @@ import numpy as np
 from PIL import Image
 
 OVERLAY_ALPHA = 0.6
+FIXED_CEILING = 2.0  # the map value (in thresholds) drawn at full red
 
 
 def normalise(amap: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1]; a flat (or non-finite) map becomes all zeros."""
-    m = np.nan_to_num(np.asarray(amap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(m.min()), float(m.max())
-    if hi - lo <= 0:
-        return np.zeros_like(m)
-    return (m - lo) / (hi - lo)
+    """Threshold-scaled map -> [0, 1] on the fixed scale (1.0 = threshold -> 0.5)."""
+    m = np.nan_to_num(np.asarray(amap, dtype=np.float64), nan=0.0, posinf=FIXED_CEILING)
+    return np.clip(m / FIXED_CEILING, 0.0, 1.0)
 
 
 def overlay(model_input: np.ndarray, amap: np.ndarray) -> Image.Image:
-    """Grey version of the (H, W, C) model input with the normalised map blended in red."""
+    """Grey version of the (H, W, C) model input with the threshold-scaled map in red."""
     img = np.asarray(model_input, dtype=np.float64)
     gray = img.mean(axis=2) if img.ndim == 3 else img
     m = normalise(amap)

@@ -6,6 +6,11 @@ re-exporting or even touching model.onnx.
 
 A tiled bundle (manifest ``tiling`` block) takes full-size images: each is brought to the
 working resolution, cut into tiles for the graph, and judged on the stitched map (tiled.py).
+
+Every input first meets the bundle's frame contract (contract.py): a frame the model was not
+trained to see raises ``contract.InvalidFrame``, reported as the verdict ``invalid``. The three
+verdicts are ``pass``, ``reject`` and ``invalid``; ``decision`` (True = reject) is kept for
+clients written before ``verdict`` existed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import numpy as np
 
 from . import preprocess, tiled
 from .bundle import Bundle, load_bundle
+from .contract import NO_CONTRACT, FrameContract
 from .tiling import Tiling
+
+# The attribution's significance level: below it the explaining group is shown (docs/results.md).
+ATTRIBUTION_ALPHA = 0.01
 
 MAX_BATCH = 32
 
@@ -37,16 +46,26 @@ class Verdict:
     latency_ms: float
     anomaly_map: np.ndarray = field(repr=False, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-safe fields (the anomaly map is for heatmaps, not for logs)."""
-        return {
+    @property
+    def verdict(self) -> str:
+        """"reject" or "pass" (an invalid frame never gets a Verdict: it raises InvalidFrame)."""
+        return "reject" if self.decision else "pass"
+
+    def to_json(self, show_group: bool = False) -> dict[str, Any]:
+        """The JSON-safe fields (the anomaly map is for heatmaps, not for logs).
+
+        ``top_group`` only when the bundle's attribution passed its significance test: an
+        explaining group that does not predict the defect would mislead an operator."""
+        out: dict[str, Any] = {
+            "verdict": self.verdict,
             "score": self.score if math.isfinite(self.score) else None,
-            "decision": self.decision,
             "threshold": self.threshold,
-            "top_group": self.top_group,
-            "top_group_share": self.top_group_share,
+            "decision": self.decision,
             "latency_ms": round(self.latency_ms, 3),
         }
+        if show_group:
+            out.update(top_group=self.top_group, top_group_share=self.top_group_share)
+        return out
 
 
 def _top_group(attribution: np.ndarray) -> tuple[int, float]:
@@ -72,6 +91,12 @@ class Inspector:
     ) -> None:
         self.bundle: Bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads)
         self.tiling: Tiling | None = Tiling.from_manifest(self.bundle.manifest)
+        # checked with the rest of the manifest (manifest._check_frame_contract)
+        self.contract: FrameContract | None = FrameContract.from_manifest(self.bundle.manifest)
+        attribution = self.bundle.manifest.get("attribution")
+        self.show_group = bool(
+            isinstance(attribution, dict) and attribution.get("significant") is True
+        )
         # Decoded-pixel cap per input: what one request may cost in memory before resizing.
         self.max_pixels = max_pixels or preprocess.default_max_pixels(self.image_spec)
         self.smoke_score: float | None = None
@@ -100,12 +125,43 @@ class Inspector:
     def threshold(self) -> float:
         return self.bundle.threshold
 
+    def contract_status(self) -> dict[str, Any] | str:
+        """The frame contract as /healthz and `verify` show it, or what its absence means."""
+        return NO_CONTRACT if self.contract is None else self.contract.describe()
+
+    def normalised_map(self, verdict: Verdict) -> np.ndarray:
+        """The anomaly map on the fixed scale where 1.0 is the threshold, for every image.
+
+        A tiled bundle's score is a reduction (max or top-k mean) of this very map, so the map
+        divided by the threshold is exact: a pixel above 1.0 is beyond the threshold. A
+        whole-image bundle's score is not a reduction of its map, so the map is scaled so that
+        its peak equals score / threshold: the same reading (peak above 1.0 = reject) without
+        claiming a per-pixel meaning the graph does not have.
+        """
+        amap = np.nan_to_num(np.asarray(verdict.anomaly_map, dtype=np.float32), nan=0.0)
+        amap = np.squeeze(amap)
+        if self.threshold <= 0:
+            # No ratio scale exists around a threshold <= 0 (e.g. a Gaussian NLL): the peak
+            # only says which side of it the part is on (1.5 reject, 0.5 pass).
+            peak = float(amap.max()) if amap.size else 0.0
+            target = 1.5 if verdict.decision else 0.5
+            return amap * np.float32(target / peak) if peak > 0 else np.zeros_like(amap)
+        if self.tiling is not None or not math.isfinite(verdict.score):
+            return amap / np.float32(self.threshold)
+        peak = float(amap.max()) if amap.size else 0.0
+        if peak <= 0:
+            return np.zeros_like(amap)
+        return amap * np.float32(verdict.score / self.threshold / peak)
+
     def prepare(self, item: bytes | str | Path | np.ndarray) -> np.ndarray:
         """Bytes, a path or an array -> model array; raises preprocess.InputError."""
+        spec, cap, contract = self.image_spec, self.max_pixels, self.contract
         if isinstance(item, bytes | bytearray | memoryview):
-            return preprocess.from_bytes(bytes(item), self.image_spec, self.max_pixels)
+            return preprocess.from_bytes(bytes(item), spec, cap, contract)
         if isinstance(item, str | Path):
-            return preprocess.from_path(item, self.image_spec, self.max_pixels)
+            return preprocess.from_path(item, spec, cap, contract)
+        if contract is not None:
+            return preprocess.from_array(np.asarray(item), spec, contract)
         return self._checked_array(item)
 
     def _checked_array(self, arr: np.ndarray) -> np.ndarray:

@@ -172,6 +172,26 @@ def _check_tiling(block: Any, spec: dict[str, Any]) -> None:
         raise ManifestError("manifest field 'tiling.map' must be str")
 
 
+def _check_frame_contract(manifest: dict[str, Any]) -> None:
+    """The optional ``frame_contract`` block parses, and its working size is the model's."""
+    from .contract import FrameContract  # contract -> preprocess; kept out of import time
+
+    try:
+        contract = FrameContract.from_manifest(manifest)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
+    if contract is None:
+        return
+    tiling, spec = manifest.get("tiling"), manifest["input"]
+    hw = (tiling["image_height"], tiling["image_width"]) if tiling else (spec["height"],
+                                                                        spec["width"])  # fmt: skip
+    if contract.working_hw != hw:
+        raise ManifestError(
+            f"manifest field 'frame_contract.working_size' {list(contract.working_hw)} differs "
+            f"from the model's working size {list(hw)}"
+        )
+
+
 def _non_finite_field(value: Any, prefix: str = "") -> str | None:
     """Dotted path of the first NaN/Infinity in ``value``, or None.
 
@@ -218,6 +238,7 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
         raise ManifestError("manifest field 'model_file' must be a plain file name in the bundle")
     _check_input(manifest["input"])
     _check_tiling(manifest.get("tiling"), manifest["input"])
+    _check_frame_contract(manifest)
     missing = [o for o in REQUIRED_OUTPUTS if o not in manifest["outputs"]]
     if missing:
         raise ManifestError(f"manifest field 'outputs' lacks {missing}")

@@ -34,9 +34,10 @@ class Metrics:
             if latency_ms is not None:
                 self._latency_ms.append(latency_ms)
 
-    def record_decision(self, anomalous: bool) -> None:
+    def record_decision(self, verdict: str) -> None:
+        """Count one verdict: "pass", "reject" or "invalid" (a frame the contract refused)."""
         with self._lock:
-            self._decisions["reject" if anomalous else "pass"] += 1
+            self._decisions[verdict] += 1
 
     def record_reload(self, ok: bool) -> None:
         with self._lock:
@@ -56,6 +57,7 @@ class Metrics:
             "requests": outcomes,
             "requests_total": sum(outcomes.values()),
             "decisions": decisions,
+            "verdicts": {k: decisions.get(k, 0) for k in ("pass", "reject", "invalid")},
             "reloads": reloads,
             "latency_ms": latency,
             "uptime_s": round(time.time() - self.started, 3),

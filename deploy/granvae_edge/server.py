@@ -27,6 +27,7 @@ from .handler import EdgeHandler
 from .infer import Inspector
 from .limits import Admission, Slots, Watchdog
 from .metrics import Metrics
+from .preprocess import DECODE_BYTES_PER_PIXEL
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
@@ -145,7 +146,8 @@ class EdgeServer(ThreadingHTTPServer):
         return ok, reason
 
     def health(self) -> dict[str, Any]:
-        bundle = self.state.current().bundle
+        inspector = self.state.current()
+        bundle = inspector.bundle
         return {
             "ok": True,
             "revision": bundle.revision,
@@ -154,7 +156,13 @@ class EdgeServer(ThreadingHTTPServer):
             "bundle": str(bundle.directory),
             "mlflow_model_uri": bundle.manifest.get("mlflow_model_uri"),
             "loaded_at": self.state.loaded_at,
+            "frame_contract": inspector.contract_status(),
+            "memory_bound_bytes": self.memory_bound(),
         }
+
+    def memory_bound(self) -> int:
+        """The stated decode bound: inflight x max_pixels x bytes per decoded pixel."""
+        return self.limits.inflight * self.state.current().max_pixels * DECODE_BYTES_PER_PIXEL
 
 
 def _refuse_busy(request: socket.socket, limit: int) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from granvae.data.base import DatasetMeta, Split, make_split, take
-from granvae.data.images import Size, decode, mask_to_array, to_array
+from granvae.data.frames import source_block
+from granvae.data.images import MAX_PIXELS, Size, decode, mask_to_array, to_array
 from granvae.data.layout import FolderEntry, FolderLayout
 from granvae.data.store import SHARD_BYTES, SHARD_SIZE, SplitSource, write_dataset_streamed
 from granvae.data.validate import validate_dataset, validate_folder
@@ -31,12 +32,14 @@ from granvae.data.validate import validate_dataset, validate_folder
 FOLDER_DEFECT_SEVERITY = 1.0
 
 
-def _load_entries(entries: tuple[FolderEntry, ...], hw: tuple[int, int], channels: int) -> Split:
+def _load_entries(
+    entries: tuple[FolderEntry, ...], hw: tuple[int, int], channels: int, bit_depth: int = 8
+) -> Split:
     n = len(entries)
     images = np.zeros((n, channels, *hw), np.uint8)
     masks = np.zeros((n, *hw), np.uint8)
     for i, entry in enumerate(entries):
-        images[i] = to_array(decode(entry.path), channels, hw)
+        images[i] = to_array(decode(entry.path), channels, hw, bit_depth)
         if entry.mask_path is not None:
             masks[i] = mask_to_array(decode(entry.mask_path), hw)
     labels = np.array([e.label for e in entries], dtype=np.int64)
@@ -57,11 +60,12 @@ def carve_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def _validated(
-    root: str | Path, image_size: Size | None, channels: int, val_fraction: float, mixed: str
-) -> tuple[FolderLayout, tuple[int, int]]:
+    root: str | Path, image_size: Size | None, channels: int, val_fraction: float, mixed: str,
+    bit_depth: int = 8, max_pixels: int = MAX_PIXELS,
+) -> tuple[FolderLayout, tuple[int, int]]:  # fmt: skip
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    layout = validate_folder(root, image_size, channels, mixed)
+    layout = validate_folder(root, image_size, channels, mixed, bit_depth, max_pixels)
     assert layout.working_hw is not None  # a valid folder has at least one image
     return layout, layout.working_hw
 
@@ -104,8 +108,12 @@ def load_mvtec(
     return splits, meta
 
 
-def _source(entries: tuple[FolderEntry, ...], hw: tuple[int, int], channels: int) -> SplitSource:
-    return SplitSource(len(entries), lambda a, b: _load_entries(entries[a:b], hw, channels))
+def _source(
+    entries: tuple[FolderEntry, ...], hw: tuple[int, int], channels: int, bit_depth: int
+) -> SplitSource:
+    return SplitSource(
+        len(entries), lambda a, b: _load_entries(entries[a:b], hw, channels, bit_depth)
+    )
 
 
 def import_mvtec(
@@ -117,16 +125,25 @@ def import_mvtec(
     seed: int = 0,
     mixed: str = "resize",
     shard_bytes: int = SHARD_BYTES,
+    bit_depth: int = 8,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict:
     """load_mvtec + write_dataset without holding the data set: validate every file, then
-    decode and write one shard at a time. Returns the manifest; the bytes equal
-    write_dataset(out_dir, *load_mvtec(...)) for the same arguments."""
-    layout, hw = _validated(root, image_size, channels, val_fraction, mixed)
+    decode and write one shard at a time. Returns the manifest; the arrays equal
+    load_mvtec(...)'s for the same arguments. The manifest's ``source`` block records what
+    the images were before import (sizes, bit depth and window, channels): the exporter turns
+    it into the bundle's frame contract (granvae.data.frames).
+
+    bit_depth: 8, or a 16-bit mono camera's depth (e.g. 12: window 0..4095 -> 0..255).
+    max_pixels: header-checked cap per image, before any pixel is decoded."""
+    layout, hw = _validated(root, image_size, channels, val_fraction, mixed, bit_depth,
+                            max_pixels)  # fmt: skip
     train_idx, val_idx = carve_val(len(layout.train), val_fraction, seed)
     sources = {
-        "train": _source(tuple(layout.train[i] for i in train_idx), hw, channels),
-        "val": _source(tuple(layout.train[i] for i in val_idx), hw, channels),
-        "test": _source(layout.test, hw, channels),
+        "train": _source(tuple(layout.train[i] for i in train_idx), hw, channels, bit_depth),
+        "val": _source(tuple(layout.train[i] for i in val_idx), hw, channels, bit_depth),
+        "test": _source(layout.test, hw, channels, bit_depth),
     }
     meta = _meta(layout, hw, channels, seed)
-    return write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes)
+    source = source_block(layout.source_hw, hw, bit_depth, channels)
+    return write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes, source)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from granvae.data.base import GOOD
-from granvae.data.images import IMAGE_SUFFIXES, is_image_file
+from granvae.data.images import IMAGE_SUFFIXES, is_image_file, regular_file_problem
 
 Problem = tuple[str, str]
 
@@ -40,14 +40,33 @@ class FolderLayout:
     problems: tuple[Problem, ...]
     working_hw: tuple[int, int] | None = None  # (H, W) every image is brought to; set by
     # validate_folder once it has seen every file's size
+    source_hw: tuple[tuple[int, int], ...] = ()  # distinct (H, W) of the files, before resize
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+def _images_in(folder: Path, root: Path, problems: list[Problem]) -> list[Path]:
+    """Image files of a class folder; an unreadable folder or a non-regular file with an
+    image suffix (FIFO, dangling link, loop) is a problem line, never opened, never silent."""
+    try:
+        candidates = sorted(p for p in folder.iterdir() if is_image_file(p))
+    except OSError as exc:
+        problems.append((folder.relative_to(root).as_posix(),
+                         f"cannot list folder: {exc.strerror or exc}"))  # fmt: skip
+        return []
+    images = []
+    for path in candidates:
+        problem = regular_file_problem(path)
+        if problem:
+            problems.append((path.relative_to(root).as_posix(), problem))
+        else:
+            images.append(path)
+    return images
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []  # the caller's listing of the same folder names the problem
 
 
 def _find_mask(gt_dir: Path, stem: str) -> Path | None:
@@ -63,8 +82,9 @@ def _class_entries(
 ) -> list[FolderEntry]:
     """Entries of one class folder; masks are looked up for defect classes only."""
     rel = folder.relative_to(root).as_posix()
-    images = _images_in(folder)
-    if not images:
+    before = len(problems)
+    images = _images_in(folder, root, problems)
+    if not images and len(problems) == before:
         problems.append((rel, f"empty class folder: no {'/'.join(IMAGE_SUFFIXES)} images"))
     gt_dir = root / "ground_truth" / folder.name
     entries = []

@@ -148,8 +148,9 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 
 def _write_into(
-    folder: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int
-) -> dict[str, Any]:
+    folder: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int,
+    origin: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Shards then manifest into `folder`, each shard validated as it is made; returns the
     manifest, or raises one DataValidationError naming every bad row of every shard."""
     shards, summary, problems = [], {}, []
@@ -175,6 +176,8 @@ def _write_into(
         raise DataValidationError(problems)
     manifest = {"schema_version": SCHEMA_VERSION, **_meta_fields(meta)}
     manifest.update(splits=summary, shards=shards)
+    if origin is not None:  # what an import read, before resizing (granvae.data.frames)
+        manifest["source"] = origin
     _write_file(folder / MANIFEST, manifest_bytes(manifest))
     return manifest
 
@@ -214,6 +217,7 @@ def write_dataset_streamed(
     meta: DatasetMeta,
     shard_size: int = SHARD_SIZE,
     shard_bytes: int = SHARD_BYTES,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """write_dataset for rows made on demand: the same bytes for the same rows, one shard in
     memory at a time; every shard is validated and nothing is kept unless all pass."""
@@ -223,17 +227,18 @@ def write_dataset_streamed(
     if problems:
         raise DataValidationError(problems)
     per_shard = rows_per_shard(meta, shard_size, shard_bytes)
-    return _write_atomically(Path(out_dir), sources, meta, per_shard)
+    return _write_atomically(Path(out_dir), sources, meta, per_shard, source)
 
 
 def _write_atomically(
-    out: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int
-) -> dict[str, Any]:
+    out: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     _refuse_non_dataset(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _write_into(tmp, sources, meta, per_shard)
+        manifest = _write_into(tmp, sources, meta, per_shard, source)
         directory = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(directory)

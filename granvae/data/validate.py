@@ -29,7 +29,16 @@ import numpy as np
 from PIL import ImageFile
 
 from granvae.data.base import GOOD, DatasetMeta, DataValidationError, Split
-from granvae.data.images import MASK_MODES, Size, as_hw, decode, mode_problem, pixel_digest
+from granvae.data.images import (
+    MASK_MODES,
+    MAX_PIXELS,
+    ImageTooLarge,
+    Size,
+    as_hw,
+    decode,
+    mode_problem,
+    pixel_digest,
+)
 from granvae.data.layout import FolderEntry, FolderLayout, Problem, scan_mvtec
 
 SPLITS = ("train", "val", "test")
@@ -38,17 +47,21 @@ MAX_LISTED = 5  # offending rows named per problem; enough to find them, short e
 MIXED = ("resize", "refuse")
 
 
-def _check_image(entry: FolderEntry) -> tuple[list[Problem], str | None, tuple]:
+def _check_image(
+    entry: FolderEntry, bit_depth: int = 8, max_pixels: int = MAX_PIXELS
+) -> tuple[list[Problem], str | None, tuple]:
     """Problems of one image file, its pixel digest and its (width, height)."""
     try:
-        image = decode(entry.path)
+        image = decode(entry.path, max_pixels)
+    except ImageTooLarge as exc:
+        return [(entry.name, f"image too large: {exc}")], None, ()
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error...
         return (
             [(entry.name, f"unreadable or truncated image ({type(exc).__name__}: {exc})")],
             None,
             (),
         )
-    reason = mode_problem(image)
+    reason = mode_problem(image, bit_depth=bit_depth)
     return ([(entry.name, reason)] if reason else []), pixel_digest(image), image.size
 
 
@@ -93,10 +106,21 @@ def _check_mask(entry: FolderEntry, root: Path, image_wh: tuple) -> list[Problem
 
 
 def validate_folder(
-    root: str | Path, image_size: Size | None, channels: int, mixed: str = "resize"
+    root: str | Path,
+    image_size: Size | None,
+    channels: int,
+    mixed: str = "resize",
+    bit_depth: int = 8,
+    max_pixels: int = MAX_PIXELS,
 ) -> FolderLayout:
     """Check structure and every file; returns the layout that load_mvtec then reads, with
-    the working resolution in layout.working_hw. Files are decoded one at a time."""
+    the working resolution in layout.working_hw and the files' own sizes in
+    layout.source_hw. Files are decoded one at a time; ``bit_depth`` > 8 declares a 16-bit
+    mono camera whose window 0..2^bit_depth-1 maps to 0..255 (granvae.data.images)."""
+    if bit_depth != 8 and channels != 1:
+        raise ValueError(f"--bit-depth {bit_depth} needs channels 1 (16-bit mono cameras)")
+    if not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be an int >= 1, got {max_pixels!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (L) or 3 (RGB), got {channels}")
     if mixed not in MIXED:
@@ -112,13 +136,13 @@ def validate_folder(
     train_digests: dict[str, str] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for entry in layout.train:
-        file_problems, digest, size = _check_image(entry)
+        file_problems, digest, size = _check_image(entry, bit_depth, max_pixels)
         problems += file_problems
         if digest is not None:
             train_digests.setdefault(digest, entry.name)
             sizes[entry.name] = size
     for entry in layout.test:
-        file_problems, digest, size = _check_image(entry)
+        file_problems, digest, size = _check_image(entry, bit_depth, max_pixels)
         problems += file_problems + _check_mask(entry, layout.root, size)
         if digest is not None:
             sizes[entry.name] = size
@@ -129,7 +153,8 @@ def validate_folder(
     problems += size_problems
     if problems:
         raise DataValidationError(problems)
-    return dataclasses.replace(layout, working_hw=working)
+    source = tuple(sorted({(h, w) for w, h in sizes.values()}))
+    return dataclasses.replace(layout, working_hw=working, source_hw=source)
 
 
 def _bad_rows(flags: np.ndarray) -> np.ndarray:

@@ -65,8 +65,12 @@ def _static_dims(model: onnx.ModelProto, name: str) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
-def input_spec(model: onnx.ModelProto) -> dict[str, Any]:
-    """The manifest's input block, read from the graph's (N, H, W, C) uint8 input."""
+def input_spec(model: onnx.ModelProto, resize: str = "none") -> dict[str, Any]:
+    """The manifest's input block, read from the graph's (N, H, W, C) uint8 input.
+
+    ``resize`` is "bilinear" only when the training data itself went through that resize
+    (the frame contract says so); otherwise "none": the model has never seen a resized frame.
+    """
     dims = _static_dims(model, INPUT_NAME)
     elem = model.graph.input[0].type.tensor_type.elem_type
     if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
@@ -85,7 +89,7 @@ def input_spec(model: onnx.ModelProto) -> dict[str, Any]:
         "width": width,
         "channels": channels,
         "color_mode": COLOR_MODES[channels],
-        "resize": "bilinear",
+        "resize": resize,
     }
 
 
@@ -147,8 +151,15 @@ def build_manifest(
     calibrated_on: str | None = None,
     scoring: Mapping[str, Any] | None = None,
     tiling: Mapping[str, Any] | None = None,
+    frame_contract: Mapping[str, Any] | None = None,
+    attribution: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file).
+
+    ``frame_contract`` (granvae.data.frames.frame_contract) is what the training data looked
+    like; the edge refuses other frames as ``invalid``. Without it ``input.resize`` is "none".
+    ``attribution`` says whether the explaining-group attribution passed its significance
+    test; the edge shows ``top_group`` only when ``significant`` is true.
 
     ``tiling`` (granvae.export.tiled.tiling_block) marks a graph that scores tiles of a
     larger part; the edge tiles, stitches, smooths and reduces by it.
@@ -165,7 +176,11 @@ def build_manifest(
     if missing:
         raise ValueError(f"the ONNX graph lacks outputs {missing}")
     created = _now()
-    extra = {"tiling": dict(tiling)} if tiling else {}
+    extra: dict[str, Any] = {"tiling": dict(tiling)} if tiling else {}
+    if frame_contract:
+        extra["frame_contract"] = dict(frame_contract)
+    extra["attribution"] = dict(attribution or {"significant": False, "p_value": None})
+    resize = str((frame_contract or {}).get("resize", "none"))
     return _json_safe(
         {
             **extra,
@@ -173,7 +188,7 @@ def build_manifest(
             "model_file": MODEL_FILE,
             "model_sha256": sha256_file(onnx_path),
             "opset": onnx_opset(onnx_path),
-            "input": input_spec(model),
+            "input": input_spec(model, resize),
             "outputs": list(OUTPUT_NAMES),
             "groups": _check_groups(groups, model),
             "threshold": threshold_block(
@@ -239,6 +254,8 @@ def write_bundle(
     scoring: Mapping[str, Any] | None = None,
     stats_path: Path | str | None = None,
     tiling: Mapping[str, Any] | None = None,
+    frame_contract: Mapping[str, Any] | None = None,
+    attribution: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/{model.onnx, manifest.json}`` atomically; return the manifest.
 
@@ -261,6 +278,8 @@ def write_bundle(
         calibrated_on=calibrated_on,
         scoring=dict(scoring or {"rule": SCORE_NAME}),
         tiling=tiling,
+        frame_contract=frame_contract,
+        attribution=attribution,
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

@@ -166,6 +166,8 @@ def export_candidate(
     rel_tol: float = 1e-4,
     opset: int = 17,
     overwrite: bool = False,
+    frame_contract: Mapping[str, Any] | None = None,
+    attribution: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Load ``candidate_dir/model``, export, gate, (int8), write the bundle at ``out_dir``.
 
@@ -175,6 +177,8 @@ def export_candidate(
     seed ...); latent_dim is filled from the model. ``groups`` defaults to
     ``make_groups(latent_dim, candidate["granularity"])``.
     int8 needs labelled ``test_images``/``test_labels`` to measure the AUROC change.
+    ``frame_contract`` (granvae.data.frames.frame_contract) and ``attribution`` go into the
+    manifest as they are (granvae.export.bundle.build_manifest).
     """
     model = FactorizedVAE.load(Path(candidate_dir) / MODEL_DIR)
     cfg = model.config
@@ -214,6 +218,7 @@ def export_candidate(
             metrics=metrics, calibrated_on=calibrated_on, overwrite=overwrite,
             scoring=_scoring_block(scoring, stats),
             stats_path=stats_path if stats is not None else None, tiling=tiling,
+            frame_contract=frame_contract, attribution=attribution,
         )  # fmt: skip
     return ExportResult(
         bundle_dir=out_dir,

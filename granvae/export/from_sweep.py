@@ -12,11 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from granvae.data import load_dataset
+from granvae.data.frames import frame_contract
+from granvae.data.store import read_manifest
 from granvae.export.candidate import ExportResult, export_candidate
 from granvae.metrics import HEADLINE
 from granvae.select import load_rows
 
 CANDIDATE_KEYS = ("objective", "granularity", "beta", "alpha", "gamma", "latent_dim", "seed")
+ATTRIBUTION_ALPHA = 0.01  # docs/results.md: the explaining group is shown only below this
+
+
+def attribution_block(row: dict[str, Any]) -> dict[str, Any]:
+    """Did the explaining-group attribution pass its permutation test (p < 0.01)?"""
+    p = row.get("attribution_pvalue")
+    p = float(p) if isinstance(p, int | float) and p == p else None
+    return {
+        "test": "permutation test of class vs explaining group (NMI), docs/results.md",
+        "p_value": p,
+        "alpha": ATTRIBUTION_ALPHA,
+        "significant": p is not None and p < ATTRIBUTION_ALPHA,
+    }
 
 
 def headline(row: dict[str, Any]) -> dict[str, float]:
@@ -42,6 +57,11 @@ def export_from_sweep(
         raise ValueError(f"{candidate_id}: no finished candidate of that id in {sweep_dir}")
     row, cdir = rows[0], sweep_dir / "candidates" / candidate_id
     splits, data_meta = load_dataset(meta["data_dir"])
+    train = splits["train"]
+    good = train.images[train.labels == 0]
+    contract = frame_contract(
+        read_manifest(meta["data_dir"]).get("source"), good.shape[2:], good.shape[1], good
+    )
     return export_candidate(
         cdir,
         out_dir,
@@ -56,4 +76,6 @@ def export_from_sweep(
         test_images=splits["test"].images if int8 else None,
         test_labels=splits["test"].labels if int8 else None,
         overwrite=overwrite,
+        frame_contract=contract,
+        attribution=attribution_block(row),
     )

@@ -216,6 +216,24 @@ def _decision_caption(name: str, score: float, threshold: float | None) -> tuple
     return f"{name}\nscore {score:.1f} ≤ {threshold:.1f}\nPASS", "darkgreen"
 
 
+MAP_CEILING = 2.0  # threshold-scaled map value drawn at the top of the colour scale
+
+
+def threshold_scaled(
+    maps: np.ndarray, scores: np.ndarray, threshold: float, tiled: bool
+) -> np.ndarray:
+    """Maps on the fixed scale the edge uses (granvae_edge Inspector.normalised_map): 1.0 is
+    the threshold. A tiled head's score reduces its map, so map / threshold; otherwise each
+    map is scaled so its peak is score / threshold (a peak <= 0 gives an all-zero map)."""
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float64))
+    if tiled:
+        return maps / threshold
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    factor = np.where(peaks > 0, np.asarray(scores, np.float64) / threshold / np.where(
+        peaks > 0, peaks, 1.0), 0.0)  # fmt: skip
+    return maps * factor[:, None, None]
+
+
 def plot_heatmaps(
     images: np.ndarray,
     maps: np.ndarray,
@@ -225,15 +243,22 @@ def plot_heatmaps(
     threshold: float | None,
     title: str,
     map_label: str = "anomaly map",
+    fixed_scale: bool = False,
 ) -> Figure:
-    """Per example: the part with the true defect outlined, then the anomaly map on top."""
+    """Per example: the part with the true defect outlined, then the anomaly map on top.
+
+    ``fixed_scale``: the maps are threshold-scaled (threshold_scaled) and drawn 0..MAP_CEILING
+    for every figure, as the edge's heatmaps are, so a good part looks calm."""
     n = len(images)
     fig = new_figure(max(1.8 * n + 1.4, 8.0), 4.6)
     axes = fig.subplots(2, n, squeeze=False)
-    # Per-pixel NLL is negative under a Gaussian decoder (a density, not a probability),
-    # so the colour range comes from the maps themselves, not from zero.
-    vmin, vmax = (float(v) for v in np.percentile(maps, [1, 99]))
-    vmax = vmax if vmax > vmin else vmin + 1.0
+    if fixed_scale:
+        vmin, vmax = 0.0, MAP_CEILING
+    else:
+        # Per-pixel NLL is negative under a Gaussian decoder (a density, not a probability),
+        # so the colour range comes from the maps themselves, not from zero.
+        vmin, vmax = (float(v) for v in np.percentile(maps, [1, 99]))
+        vmax = vmax if vmax > vmin else vmin + 1.0
     for i in range(n):
         grey = display(images[i] / 255.0)
         axes[0, i].imshow(grey, cmap="gray", vmin=0, vmax=1)
@@ -271,13 +296,18 @@ def candidate_heatmaps(c: LoadedCandidate, test: Split, meta: DatasetMeta) -> Fi
     out = score_images(c.head, test.images[idx])
     captions = [meta.class_names[test.labels[i]] for i in idx]
     title = f"Anomaly heatmaps on test parts — {c.candidate_id} (threshold from validation)"
+    maps, label, fixed = out["anomaly_map"], f"anomaly map of the {c.head.score_kind} rule", False
+    if c.threshold is not None and c.threshold > 0:
+        maps = threshold_scaled(maps, out["score"], c.threshold, c.head.tiling is not None)
+        label, fixed = f"{c.head.score_kind} map, 1.0 = threshold (as on the edge)", True
     return plot_heatmaps(
         test.images[idx],
-        out["anomaly_map"],
+        maps,
         test.masks[idx],
         out["score"],
         captions,
         c.threshold,
         title,
-        map_label=f"anomaly map of the {c.head.score_kind} rule",
+        map_label=label,
+        fixed_scale=fixed,
     )

@@ -13,9 +13,9 @@ from granvae.scoring.head import (
     InspectionHead,
     InspectionOutput,
     score_all_rules,
-    score_images,
 )
 from granvae.scoring.stats import ScoreStats, ScoringConfig
+from granvae.scoring.tiled import score_images
 
 __all__ = [
     "FUSION_PARTS",

@@ -270,23 +270,6 @@ def outputs_in_batches(
 
 
 @torch.no_grad()
-def score_images(
-    head: InspectionHead,
-    images: np.ndarray,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-) -> dict[str, np.ndarray]:
-    """Score uint8 NCHW images (the dataset layout) in batches; numpy out. A tiled head
-    scores full-size images tile by tile (granvae.scoring.tiled)."""
-    if head.tiling is not None:
-        from granvae.scoring.tiled import score_tiled
-
-        return score_tiled(head, images, batch_size, device)
-    out = outputs_in_batches(head.to(device), images, batch_size, device)
-    return {name: value.numpy() for name, value in out.items()}
-
-
-@torch.no_grad()
 def score_all_rules(
     head: InspectionHead, images: np.ndarray, batch_size: int = 256
 ) -> dict[str, np.ndarray]:

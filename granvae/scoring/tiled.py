@@ -99,3 +99,21 @@ def score_tiled(
         out["latent_mean"].append(res["latent_mean"][rows, best].numpy())
         out["group_attribution"].append(res["group_attribution"][rows, best].numpy())
     return {name: np.concatenate(chunks) for name, chunks in out.items()}
+
+
+@torch.no_grad()
+def score_images(
+    head: InspectionHead,
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Score uint8 NCHW images (the dataset layout) in batches; numpy out. A tiled head
+    scores full-size images tile by tile (score_tiled).
+
+    It lives here, not in head.py, so that imports go one way (tiled -> head): the head
+    knows nothing of tiling's stitching, and this dispatcher needs both."""
+    if head.tiling is not None:
+        return score_tiled(head, images, batch_size, device)
+    out = outputs_in_batches(head.to(device), images, batch_size, device)
+    return {name: value.numpy() for name, value in out.items()}
