@@ -12,24 +12,40 @@ in the worker's environment) and run in the project folder (the process worker's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from prefect.deployments.runner import EntrypointType
 
 from granvae.config import merge
 from granvae.lines import resolve_line
-from granvae.stack.config import StackState
 from pipelines.schedule import scheduled_retrain
 
 FLOW_NAME = "scheduled-retrain"
+
+
+class StackTarget(Protocol):
+    """What a deployment needs from the stack it lands on; the stack passes its own state.
+
+    A protocol, not an import of granvae.stack: orchestration does not reach back into the
+    stack's internals (granvae.stack.config.StackState satisfies it as is).
+    """
+
+    bucket: str
+    pool: str
+    project: str
+
+    @property
+    def prefect_api(self) -> str: ...
+
+    def dvc_remote(self, line: str | None = None) -> str: ...
 
 
 def deployment_name(line: str | None) -> str:
     return f"retrain-{line or 'default'}"
 
 
-def line_overrides(state: StackState, params: dict[str, Any], line: str | None) -> dict:
+def line_overrides(state: StackTarget, params: dict[str, Any], line: str | None) -> dict:
     """The params overrides a line's runs get on the stack: its DVC remote is in the bucket."""
     if line is None:
         return {"pipeline": {"remote": state.dvc_remote()}}
@@ -37,7 +53,7 @@ def line_overrides(state: StackState, params: dict[str, Any], line: str | None) 
 
 
 def deploy_retrain(
-    state: StackState,
+    state: StackTarget,
     params: Path,
     line: str | None = None,
     cron: str | None = None,

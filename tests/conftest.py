@@ -28,6 +28,18 @@ if str(TESTS) not in sys.path:
 from prefect_fixtures import prefect_harness  # noqa: E402, F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _signing_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Exports sign bundles (granvae.signing): the suite's key pair stays out of $HOME."""
+    before = os.environ.get("GRANVAE_KEYS_DIR")
+    os.environ["GRANVAE_KEYS_DIR"] = str(tmp_path_factory.mktemp("signing-keys") / "keys")
+    yield
+    if before is None:
+        os.environ.pop("GRANVAE_KEYS_DIR", None)
+    else:
+        os.environ["GRANVAE_KEYS_DIR"] = before
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

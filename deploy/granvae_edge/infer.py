@@ -20,6 +20,7 @@ import numpy as np
 
 from . import preprocess, tiled
 from .bundle import Bundle, load_bundle
+from .signature import TrustStore
 from .tiling import Tiling
 
 MAX_BATCH = 32
@@ -69,8 +70,11 @@ class Inspector:
         intra_op_threads: int | None = None,
         smoke_test: bool = True,
         max_pixels: int | None = None,
+        trust: TrustStore | None = None,
     ) -> None:
-        self.bundle: Bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads)
+        self.bundle: Bundle = load_bundle(
+            bundle_dir, intra_op_threads=intra_op_threads, trust=trust
+        )
         self.tiling: Tiling | None = Tiling.from_manifest(self.bundle.manifest)
         # Decoded-pixel cap per input: what one request may cost in memory before resizing.
         self.max_pixels = max_pixels or preprocess.default_max_pixels(self.image_spec)
