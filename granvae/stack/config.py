@@ -85,6 +85,10 @@ class StackState:
             "PREFECT_API_URL": self.prefect_api,
             "AWS_DEFAULT_REGION": self.region,
             "GRANVAE_DVC_REMOTE": self.dvc_remote(),
+            # A Prefect server answers 500 while its database restarts; flows and the worker
+            # retry those with backoff (429/502/503 are retried by Prefect already), so one
+            # restart does not fail a night's retrain.
+            "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504",
         }
         if self.s3_endpoint:
             env["AWS_ENDPOINT_URL"] = self.s3_endpoint  # boto3, s3fs and DVC read it

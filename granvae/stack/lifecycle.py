@@ -95,6 +95,8 @@ def _start_stage(state: StackState, stage: tuple[str, ...], started: list[str]) 
         services.ensure_bucket(state)
         stage = tuple(n for n in stage if n != "s3")
     todo = [name for name in stage if not ready[name]()]
+    if "s3" in stage and state.local_s3 and "s3" not in todo:
+        services.ensure_bucket(state)  # S3 answers, but its bucket may have been wiped
     for name in todo:
         _stop_one(state, name)  # a stale process on a dead port
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
@@ -142,6 +144,7 @@ def status(root: Path) -> tuple[StackState | None, dict[str, bool]]:
     health = {name: bool(checks[name]()) for name in SERVICES}
     if not state.local_s3:
         health["s3"] = True if not state.s3_endpoint else services.s3_ready(state)
+    health["bucket"] = health["s3"] and services.bucket_ready(state)  # artifacts + DVC remotes
     return state, health
 
 

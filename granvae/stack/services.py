@@ -80,6 +80,20 @@ def ensure_bucket(state: StackState) -> None:
                          f"{state.s3_endpoint or 'AWS'}: {err}") from err  # fmt: skip
 
 
+def bucket_ready(state: StackState) -> bool:
+    """The bucket exists: a reset S3 server answers while every artifact and remote is gone."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3", endpoint_url=state.s3_endpoint or None, region_name=state.region,
+                          **_boto_creds())  # fmt: skip
+    try:
+        client.head_bucket(Bucket=state.bucket)
+    except (ClientError, BotoCoreError):
+        return False
+    return True
+
+
 def _boto_creds() -> dict[str, str]:
     creds = s3_credentials()
     return {"aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
