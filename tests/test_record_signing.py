@@ -35,7 +35,7 @@ def test_a_signed_record_verifies_and_any_change_breaks_it(key, tmp_path):
     assert record_signer(signed, "inspector", keys) == signed["key_id"]
     assert record_signer(signed, "other-model", keys) is None  # replayed onto another model
     assert record_signer({**signed, "to_version": 4}, "inspector", keys) is None
-    assert record_signer({**signed, "metrics": {"auroc": 0.99}}, "inspector", keys) is None
+    assert record_signer({**signed, "metrics": {"recall_at_far": 0.99}}, "inspector", keys) is None
     assert record_signer(ENTRY, "inspector", keys) is None  # unsigned
     forger, _ = make_keys(tmp_path / "forger")
     assert record_signer(sign_record(ENTRY, "inspector", forger), "inspector", keys) is None
@@ -55,16 +55,19 @@ def test_models_check_names_a_forged_history_entry_and_metrics_tag(mlflow_server
     store, name = fast_store(mlflow_server, tmp_path), unique("signed-records")
     client = store.client
     client.create_registered_model(name)
+    run = client.create_run(client.create_experiment(name))
     for _ in range(2):
-        mv = client.create_model_version(name, "mlflow-artifacts:/0/none/artifacts/bundle")
+        source = f"runs:/{run.info.run_id}/bundle"
+        mv = client.create_model_version(name, source, run_id=run.info.run_id)
         client.set_model_version_tag(name, mv.version, COMPLETE, "true")
-        client.set_model_version_tag(name, mv.version, METRICS_TAG, json.dumps({"auroc": 0.9}))
+        metrics = json.dumps({"recall_at_far": 0.4})
+        client.set_model_version_tag(name, mv.version, METRICS_TAG, metrics)
     promote(name, version=1, store=store, user="alice", reason="first")
     assert champion_check(name, store=store) == "champion version 1: moved by granvae; gates passed"
 
-    client.set_model_version_tag(name, "1", METRICS_TAG, json.dumps({"auroc": 0.99}))
+    client.set_model_version_tag(name, "1", METRICS_TAG, json.dumps({"recall_at_far": 0.99}))
     assert "metrics tag changed since the signed promotion" in champion_check(name, store=store)
-    client.set_model_version_tag(name, "1", METRICS_TAG, json.dumps({"auroc": 0.9}))
+    client.set_model_version_tag(name, "1", METRICS_TAG, json.dumps({"recall_at_far": 0.4}))
 
     # The attack: move the alias and append a plausible (unsigned or copied) history entry.
     forged = {**history(name, store=store)[-1], "to_version": 2, "from_version": 1}
