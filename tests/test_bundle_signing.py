@@ -213,3 +213,21 @@ def test_rotation_retires_the_old_public_key_and_refuses_open_keys(tmp_path, sig
     pair.private.chmod(0o644)
     with pytest.raises(SigningKeyError, match="readable by others"):
         load_private_key(pair.private)
+
+
+def test_keys_cli_makes_shows_and_rotates_a_pair(tmp_path):
+    from typer.testing import CliRunner
+
+    from granvae.cli import app
+
+    runner, folder = CliRunner(), tmp_path / "keys"
+    made = runner.invoke(app, ["keys", "init", "--dir", str(folder)])
+    assert made.exit_code == 0 and "--trusted-key" in made.output, made.output
+    assert stat.S_IMODE((folder / PRIVATE_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    again = runner.invoke(app, ["keys", "init", "--dir", str(folder)])
+    assert again.exit_code == 2 and "keys rotate" in again.output
+    old = runner.invoke(app, ["keys", "show", "--dir", str(folder)]).output.split()[1].rstrip(":")
+    rotated = runner.invoke(app, ["keys", "rotate", "--dir", str(folder)])
+    assert rotated.exit_code == 0 and f"retired key {old}" in rotated.output
+    assert (folder / "retired" / f"{old}.pub.pem").is_file()
