@@ -34,6 +34,7 @@ class StackTarget(Protocol):
     bucket: str
     pool: str
     project: str
+    prefect_auth: str  # "user:password" of the Prefect API
 
     @property
     def prefect_api(self) -> str: ...
@@ -61,7 +62,7 @@ def deploy_retrain(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create or update the line's deployment on the stack's pool; returns name, id, cron."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     params = Path(params).resolve()
     if not params.is_file():
@@ -80,7 +81,8 @@ def deploy_retrain(
         job_variables={"working_dir": state.project},
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    with temporary_settings({PREFECT_API_URL: state.prefect_api}):
+    auth = {PREFECT_API_AUTH_STRING: state.prefect_auth} if state.prefect_auth else {}
+    with temporary_settings({PREFECT_API_URL: state.prefect_api, **auth}):
         dep_id = dep.apply(work_pool_name=state.pool)
     return {"name": f"{FLOW_NAME}/{name}", "id": str(dep_id), "cron": cron,
             "overrides": overrides}  # fmt: skip

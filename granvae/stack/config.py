@@ -57,6 +57,7 @@ class StackState:
     pids: dict[str, int] = field(default_factory=dict)
     s3_endpoint: str = ""
     local_s3: bool = True
+    prefect_auth: str = ""  # "user:password" the Prefect API demands (secret, like pg_password)
 
     @property
     def mlflow_uri(self) -> str:
@@ -133,7 +134,8 @@ def free_port() -> int:
 
 
 def as_dict(state: StackState) -> dict[str, Any]:
-    """The state without the password (for `status --json`)."""
+    """The state without the secrets (for `status --json`)."""
     out = asdict(state)
     out.pop("pg_password", None)
+    out.pop("prefect_auth", None)
     return out

@@ -41,7 +41,13 @@ def _new_state(cfg: StackSettings) -> StackState:
         root=str(cfg.root), project=str(cfg.project), bucket=cfg.bucket, pool=cfg.pool,
         region=cfg.region, pg_user=cfg.pg_user, pg_password=secrets.token_urlsafe(24),
         ports=ports, s3_endpoint="" if endpoint == "aws" else endpoint, local_s3=local,
+        prefect_auth=_prefect_auth(),
     )  # fmt: skip
+
+
+def _prefect_auth() -> str:
+    """The Prefect API's basic-auth pair: no anonymous deployment runs commands on this host."""
+    return f"granvae:{secrets.token_urlsafe(24)}"
 
 
 def _ready(state: StackState) -> dict[str, Callable[[], bool]]:
@@ -75,6 +81,7 @@ def up(cfg: StackSettings) -> StackState:
     cfg.root.mkdir(parents=True, exist_ok=True)
     state = load_state(cfg.root) or _new_state(cfg)
     state.project = str(cfg.project)
+    state.prefect_auth = state.prefect_auth or _prefect_auth()  # a state from before auth
     state.save()
     started: list[str] = []
     try:

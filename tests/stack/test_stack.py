@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +21,12 @@ from pathlib import Path
 import pytest
 from pipeline_fixtures import tiny_params, write_params
 from stack_fixtures import (
+    PREFECT_AUTH,
     dvc_complete,
     edge_env,
     failed_attempts,
     granvae,
+    prefect_settings,
     retried_runs,
     running_candidates,
     s3_keys,
@@ -58,6 +61,7 @@ def stack() -> Iterator[StackState]:
     project.mkdir()
     try:
         state = up(StackSettings(root=root / "stack", project=project))
+        PREFECT_AUTH[state.prefect_api] = state.prefect_auth
         yield state
     finally:
         down(root / "stack")
@@ -105,9 +109,9 @@ def _deploy_lines(stack: StackState, params_file: Path) -> dict[str, dict]:
 
 def _start(stack: StackState, deployments: dict[str, dict]) -> dict[str, object]:
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+    with temporary_settings(prefect_settings(stack.prefect_api)):
         return {line: run_deployment(d["name"], timeout=0).id for line, d in deployments.items()}
 
 
@@ -142,9 +146,9 @@ def two_lines(stack: StackState, params_file: Path) -> dict[str, object]:
 
 def test_deployments_carry_each_lines_schedule_and_pool(stack, two_lines) -> None:
     from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+    with temporary_settings(prefect_settings(stack.prefect_api)):
         with get_client(sync_client=True) as client:
             deps = {line: client.read_deployment_by_name(d["name"])
                     for line, d in two_lines["deployments"].items()}  # fmt: skip
@@ -221,6 +225,26 @@ def test_models_line_lists_one_line(stack, two_lines, params_file: Path, monkeyp
     assert result.exit_code == 0, result.output
     assert "inspector-press-9 (1 versions)" in result.output
     assert "inspector-press-7" not in result.output
+
+
+def test_the_prefect_api_refuses_anonymous_deployments_and_foreign_origins(stack) -> None:
+    """Issue 14: an anonymous deployment on the pool ran `id` as the stack's owner."""
+    body = json.dumps({"name": "x", "flow_id": "00000000-0000-0000-0000-000000000000",
+                       "work_pool_name": stack.pool}).encode()  # fmt: skip
+    req = urllib.request.Request(stack.prefect_api + "/deployments/", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 401
+    asks = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = urllib.request.Request(stack.prefect_api + "/deployments/", method="OPTIONS",
+                                       headers=asks)  # fmt: skip
+    try:
+        with urllib.request.urlopen(preflight, timeout=30) as resp:
+            allowed = resp.headers.get("access-control-allow-origin")
+    except urllib.error.HTTPError as exc:
+        allowed = exc.headers.get("access-control-allow-origin")
+    assert allowed not in ("*", "http://evil.example")
 
 
 def test_a_wiped_bucket_fails_status_and_up_recreates_it(stack) -> None:
