@@ -12,24 +12,41 @@ in the worker's environment) and run in the project folder (the process worker's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from prefect.deployments.runner import EntrypointType
 
 from granvae.config import merge
 from granvae.lines import resolve_line
-from granvae.stack.config import StackState
 from pipelines.schedule import scheduled_retrain
 
 FLOW_NAME = "scheduled-retrain"
+
+
+class StackTarget(Protocol):
+    """What a deployment needs from the stack it lands on; the stack passes its own state.
+
+    A protocol, not an import of granvae.stack: orchestration does not reach back into the
+    stack's internals (granvae.stack.config.StackState satisfies it as is).
+    """
+
+    bucket: str
+    pool: str
+    project: str
+    prefect_auth: str  # "user:password" of the Prefect API
+
+    @property
+    def prefect_api(self) -> str: ...
+
+    def dvc_remote(self, line: str | None = None) -> str: ...
 
 
 def deployment_name(line: str | None) -> str:
     return f"retrain-{line or 'default'}"
 
 
-def line_overrides(state: StackState, params: dict[str, Any], line: str | None) -> dict:
+def line_overrides(state: StackTarget, params: dict[str, Any], line: str | None) -> dict:
     """The params overrides a line's runs get on the stack: its DVC remote is in the bucket."""
     if line is None:
         return {"pipeline": {"remote": state.dvc_remote()}}
@@ -37,7 +54,7 @@ def line_overrides(state: StackState, params: dict[str, Any], line: str | None) 
 
 
 def deploy_retrain(
-    state: StackState,
+    state: StackTarget,
     params: Path,
     line: str | None = None,
     cron: str | None = None,
@@ -45,7 +62,7 @@ def deploy_retrain(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create or update the line's deployment on the stack's pool; returns name, id, cron."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     params = Path(params).resolve()
     if not params.is_file():
@@ -64,7 +81,8 @@ def deploy_retrain(
         job_variables={"working_dir": state.project},
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    with temporary_settings({PREFECT_API_URL: state.prefect_api}):
+    auth = {PREFECT_API_AUTH_STRING: state.prefect_auth} if state.prefect_auth else {}
+    with temporary_settings({PREFECT_API_URL: state.prefect_api, **auth}):
         dep_id = dep.apply(work_pool_name=state.pool)
     return {"name": f"{FLOW_NAME}/{name}", "id": str(dep_id), "cron": cron,
             "overrides": overrides}  # fmt: skip

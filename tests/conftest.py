@@ -28,6 +28,18 @@ if str(TESTS) not in sys.path:
 from prefect_fixtures import prefect_harness  # noqa: E402, F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _signing_keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Exports sign bundles (granvae.signing): the suite's key pair stays out of $HOME."""
+    before = os.environ.get("GRANVAE_KEYS_DIR")
+    os.environ["GRANVAE_KEYS_DIR"] = str(tmp_path_factory.mktemp("signing-keys") / "keys")
+    yield
+    if before is None:
+        os.environ.pop("GRANVAE_KEYS_DIR", None)
+    else:
+        os.environ["GRANVAE_KEYS_DIR"] = before
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,16 +101,26 @@ def _wait_healthy(server: MlflowServer, timeout: float) -> None:
     raise RuntimeError(f"mlflow server at {server.uri} not healthy after {timeout}s")
 
 
-def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90) -> MlflowServer:
-    """Start (or restart, on the same root) a server on a free loopback port."""
+def start_mlflow_server(
+    root: Path,
+    port: int | None = None,
+    timeout: float = 90,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+) -> MlflowServer:
+    """Start (or restart, on the same root) a server on a free loopback port.
+
+    ``extra_args``/``extra_env``: e.g. ``("--app-name", "basic-auth")`` and its
+    ``MLFLOW_AUTH_CONFIG_PATH`` (tests/test_mlflow_roles.py).
+    """
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+           "--artifacts-destination", str(root / "artifacts"), *extra_args]  # fmt: skip
     # GenAI job runners (huey consumers, one process each) are of no use here and slow startup.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(extra_env or {})}
     with open(root / "server.log", "ab") as log:
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env

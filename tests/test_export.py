@@ -171,7 +171,9 @@ def test_bundle_manifest_matches_contract(conv_onnx, tmp_path) -> None:
     manifest = write_bundle(tmp_path / "bundle", path, **_bundle_kwargs(thr))
     on_disk = json.loads((tmp_path / "bundle" / MANIFEST_FILE).read_text())
     assert on_disk == manifest
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+    names = sorted(p.name for p in (tmp_path / "bundle").iterdir())
+    assert names == [MANIFEST_FILE, "manifest.sig", MODEL_FILE]  # signed: docs/security.md
+    assert manifest["files"] == {MODEL_FILE: manifest["model_sha256"]}
     assert manifest["model_sha256"] == sha256_file(tmp_path / "bundle" / MODEL_FILE)
     assert manifest["schema_version"] == 1 and manifest["opset"] == 17
     assert manifest["input"] == {

@@ -1,8 +1,9 @@
 """Load and verify a bundle folder into a ready onnxruntime session.
 
 A device must never score with a model it cannot prove is the one that was registered: the
-sha256 of model.onnx is checked against the manifest, and the bytes that were hashed are the
-very bytes handed to onnxruntime (no second read that could differ). The session's inputs and
+manifest's signature is checked against the device's trusted keys (signature.py), every file the
+manifest lists is hashed, and the model bytes that were hashed are the very bytes handed to
+onnxruntime (no second read that could differ). The session's inputs and
 outputs are then checked against the manifest, so an exporter/manifest mismatch is caught at
 load time instead of at the first image.
 """
@@ -17,7 +18,15 @@ from typing import Any
 
 import onnxruntime as ort
 
-from .manifest import ManifestError, read_manifest
+from .manifest import MANIFEST_FILE, ManifestError, parse_manifest, read_manifest_bytes
+from .signature import (
+    SignatureError,
+    TrustStore,
+    check_files,
+    listed_files,
+    read_signature,
+    verify_signature,
+)
 
 _ORT_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
 
@@ -34,6 +43,7 @@ class Bundle:
     manifest: dict[str, Any]
     model_sha256: str
     session: ort.InferenceSession
+    signed_by: str | None = None  # the trusted key id; None when no trust store was configured
 
     @property
     def revision(self) -> int:
@@ -108,20 +118,39 @@ def check_session(session: ort.InferenceSession, manifest: dict[str, Any]) -> No
         raise BundleError(f"model lacks outputs {missing} named in the manifest (has {names})")
 
 
+def _verified_manifest(
+    directory: Path, trust: TrustStore | None
+) -> tuple[dict[str, Any], dict[str, str], str | None]:
+    """Manifest parsed from the very bytes whose signature was checked; its file list; signer."""
+    raw = read_manifest_bytes(directory)
+    signer = None
+    if trust is not None:  # before parsing: an unsigned manifest is not worth reading
+        signer = verify_signature(raw, read_signature(directory), trust)
+    manifest = parse_manifest(raw, directory / MANIFEST_FILE)
+    return manifest, listed_files(manifest, required=trust is not None), signer
+
+
 def load_bundle(
     bundle_dir: str | Path,
     intra_op_threads: int | None = None,
     providers: list[str] | None = None,
+    trust: TrustStore | None = None,
 ) -> Bundle:
-    """Verify ``bundle_dir`` (schema, hash, graph I/O) and return a ready Bundle."""
+    """Verify ``bundle_dir`` (signature, schema, every file hash, graph I/O); a ready Bundle.
+
+    ``trust`` None means the trust store from ``$GRANVAE_EDGE_TRUSTED_KEYS``; with no keys at
+    all, listed file hashes are still checked but the signature is not (``signed_by`` None).
+    """
     directory = Path(bundle_dir)
     if not directory.is_dir():
         raise BundleError(f"bundle folder {directory} does not exist")
     try:
-        manifest = read_manifest(directory)
-    except ManifestError as exc:
+        trust = trust if trust is not None else TrustStore.resolve()
+        manifest, files, signer = _verified_manifest(directory, trust)
+        data, digest = _read_verified_model(directory, manifest)
+        check_files(directory, files, skip=[manifest["model_file"]])
+    except (ManifestError, SignatureError) as exc:
         raise BundleError(str(exc)) from exc
-    data, digest = _read_verified_model(directory, manifest)
     try:
         session = ort.InferenceSession(
             data,
@@ -132,4 +161,7 @@ def load_bundle(
         path = directory / manifest["model_file"]
         raise BundleError(f"onnxruntime cannot load {path}: {exc}") from exc
     check_session(session, manifest)
-    return Bundle(directory=directory, manifest=manifest, model_sha256=digest, session=session)
+    return Bundle(
+        directory=directory, manifest=manifest, model_sha256=digest, session=session,
+        signed_by=signer,
+    )  # fmt: skip

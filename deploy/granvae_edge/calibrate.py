@@ -12,6 +12,10 @@ k = ceil((1 - f)(n + 1)). A new good part exceeds it with probability (n + 1 - k
 so the promise holds on the line, not only on the calibration images. The line's rate of one
 calibration is Beta(n + 1 - k, k) distributed; the manifest carries its 95% upper bound. With
 n + 1 < 1/f no order statistic keeps the promise: the maximum is used and the manifest says so.
+
+A signed bundle's manifest can only change with a key the device trusts (the threshold is what
+an attacker would change), so on a device with trusted keys calibration needs ``--signing-key``
+and re-signs the new revision; without trusted keys a stale signature is removed, not kept.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .manifest import MANIFEST_FILE, read_manifest, validate_manifest, write_json_atomic
+from .signature import SIGNATURE_FILE, TrustStore, key_id, load_private_key, sign_bytes
 
 
 class CalibrationError(ValueError):
@@ -186,11 +192,39 @@ def next_revision_number(bundle_dir: Path, manifest: dict[str, Any]) -> int:
     return max(seen) + 1
 
 
-def write_revision(bundle_dir: Path, updated: dict[str, Any]) -> Path:
+def signing_key_for(path: str | None, trust: TrustStore | None) -> Ed25519PrivateKey | None:
+    """The key that re-signs a calibrated manifest; required, and trusted, when keys are trusted."""
+    if path is None:
+        if trust is not None:
+            raise CalibrationError(
+                "this device trusts signing keys: a new threshold must be signed too "
+                "(pass --signing-key with a key the device trusts)"
+            )
+        return None
+    key = load_private_key(Path(path))
+    if trust is not None and key_id(key.public_key()) not in trust.keys:
+        raise CalibrationError(f"--signing-key {path} is not one of the device's trusted keys")
+    return key
+
+
+def _sign_or_drop(bundle_dir: Path, signing_key: Ed25519PrivateKey | None) -> None:
+    """Re-sign the live manifest, or remove a signature that no longer matches it."""
+    sig_path = bundle_dir / SIGNATURE_FILE
+    if signing_key is None:
+        sig_path.unlink(missing_ok=True)
+        return
+    doc = sign_bytes(signing_key, (bundle_dir / MANIFEST_FILE).read_bytes())
+    write_json_atomic(sig_path, doc)
+
+
+def write_revision(
+    bundle_dir: Path, updated: dict[str, Any], signing_key: Ed25519PrivateKey | None = None
+) -> Path:
     """Keep the current manifest as manifest.r<N>.json, then atomically install the new one.
 
     The old copy is written first: if anything fails in between, the live manifest is still the
-    old one and nothing is lost.
+    old one and nothing is lost. The new manifest is then signed with ``signing_key`` (a device
+    with trusted keys refuses it until the signature lands, so no window scores with it unsigned).
     """
     bundle_dir = Path(bundle_dir)
     current = read_manifest(bundle_dir)
@@ -205,4 +239,5 @@ def write_revision(bundle_dir: Path, updated: dict[str, Any]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     write_json_atomic(bundle_dir / MANIFEST_FILE, updated)
+    _sign_or_drop(bundle_dir, signing_key)
     return keep

@@ -20,6 +20,12 @@ from .bundle import BundleError
 from .contract import InvalidFrame
 from .infer import Inspector
 from .manifest import ManifestError
+from .signature import SignatureError, TrustStore
+
+
+def _trust(args: argparse.Namespace) -> TrustStore | None:
+    """--trusted-key paths, else $GRANVAE_EDGE_TRUSTED_KEYS, else None (signature unchecked)."""
+    return TrustStore.resolve(getattr(args, "trusted_key", None))
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -35,7 +41,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
-        inspector = Inspector(args.bundle_dir, intra_op_threads=args.threads)
+        inspector = Inspector(args.bundle_dir, intra_op_threads=args.threads, trust=_trust(args))
     except Exception as exc:  # every failure is a refusal; say why and exit 1
         return _fail(f"FAIL {args.bundle_dir}: {exc}")
     b = inspector.bundle
@@ -49,8 +55,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(
         f"OK {b.directory}: revision {b.revision}, model_sha256 {b.model_sha256}, "
         f"input {spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}{tiles}, "
-        f"threshold {b.threshold}, smoke score on a blank image {inspector.smoke_score:.6g}"
-    )
+        f"threshold {b.threshold}, smoke score on a blank image {inspector.smoke_score:.6g}, "
+        + (f"signed by trusted key {b.signed_by}" if b.signed_by else
+           "signature NOT checked (no trusted key: --trusted-key or $GRANVAE_EDGE_TRUSTED_KEYS)")
+    )  # fmt: skip
     status = inspector.contract_status()
     if isinstance(status, str):
         print(f"note: {status}")
@@ -98,8 +106,9 @@ def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: s
 def cmd_score(args: argparse.Namespace) -> int:
     try:
         inspector = Inspector(
-            args.bundle, intra_op_threads=args.threads, max_pixels=args.max_pixels
-        )
+            args.bundle, intra_op_threads=args.threads, max_pixels=args.max_pixels,
+            trust=_trust(args),
+        )  # fmt: skip
     except Exception as exc:
         return _fail(f"cannot load bundle {args.bundle}: {exc}", 2)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
@@ -124,7 +133,9 @@ def _calibration_scores(inspector: Inspector, folder: Path) -> tuple[list[float]
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
-        inspector = Inspector(args.bundle, intra_op_threads=args.threads)
+        trust = _trust(args)
+        signing_key = calibrate.signing_key_for(args.signing_key, trust)
+        inspector = Inspector(args.bundle, intra_op_threads=args.threads, trust=trust)
     except Exception as exc:
         return _fail(f"cannot load bundle {args.bundle}: {exc}", 2)
     folder = Path(args.good_images)
@@ -140,8 +151,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             manifest, choice, args.false_alarm_rate, str(folder), len(skipped),
             revision=calibrate.next_revision_number(Path(args.bundle), manifest),
         )  # fmt: skip
-        kept = calibrate.write_revision(Path(args.bundle), updated)
-    except (calibrate.CalibrationError, ManifestError, OSError) as exc:
+        kept = calibrate.write_revision(Path(args.bundle), updated, signing_key)
+    except (calibrate.CalibrationError, ManifestError, SignatureError, OSError) as exc:
         return _fail(f"calibration failed: {exc}")
     if choice.note:
         print(f"note: {choice.note}", file=sys.stderr)
@@ -162,6 +173,7 @@ def _exit_on_sigterm(_signo: int, _frame: Any) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from .auth import AuthError
     from .pull import PullError, pull  # urllib machinery only when pulling
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -169,8 +181,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         info = pull(
             args.model_uri, args.out, tracking_uri=args.tracking_uri, retries=args.retries,
             max_bytes=args.max_bytes, allow_local=args.allow_local_artifacts,
+            trust=_trust(args), credentials=args.credentials,
         )  # fmt: skip
-    except (PullError, BundleError, OSError) as exc:
+    except (PullError, BundleError, SignatureError, AuthError, OSError) as exc:
         return _fail(f"pull {args.model_uri} failed: {exc}")
     except Exception as exc:  # last line of defence: one line, never a traceback
         return _fail(f"pull {args.model_uri} failed: {type(exc).__name__}: {exc}")
@@ -179,17 +192,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .auth import AuthError, load_token
     from .server import ServerLimits, make_server, serve
 
+    try:
+        token = load_token(args.token_file)
+    except AuthError as exc:
+        return _fail(str(exc), 2)
     try:
         limits = ServerLimits(
             max_bytes=args.max_bytes, max_pixels=args.max_pixels, connections=args.connections,
             inflight=args.inflight, queue=args.queue, request_timeout_s=args.request_timeout,
+            reload_interval_s=args.reload_interval,
         )  # fmt: skip
         server = make_server(
             args.bundle, args.host, args.port, intra_op_threads=args.threads,
-            verbose=args.verbose, limits=limits,
+            verbose=args.verbose, limits=limits, trust=_trust(args), token=token,
         )  # fmt: skip
+    except AuthError as exc:
+        return _fail(str(exc), 2)
     except ValueError as exc:  # a limit out of range
         return _fail(f"bad serve option: {exc}", 2)
     except OSError as exc:
@@ -211,13 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     threads = argparse.ArgumentParser(add_help=False)
     threads.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    trust = argparse.ArgumentParser(add_help=False)
+    trust.add_argument(
+        "--trusted-key",
+        action="append",
+        default=None,
+        metavar="PEM",
+        help="public key (or folder of *.pub.pem) bundles must be signed by; repeatable "
+        "(default: $GRANVAE_EDGE_TRUSTED_KEYS; none: signatures are not checked)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("verify", parents=[threads], help="check hash, schema and a smoke run")
+    p = sub.add_parser(
+        "verify", parents=[threads, trust], help="check signature, hashes, schema, a smoke run"
+    )
     p.add_argument("bundle_dir")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("score", parents=[threads], help="score images, one JSON line each")
+    p = sub.add_parser("score", parents=[threads, trust], help="score images, one JSON line each")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--bundle", required=True)
     p.add_argument("--heatmaps", default=None, help="folder for PNG heatmap overlays")
@@ -229,13 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("calibrate", parents=[threads], help="re-tune the threshold on good images")
+    p = sub.add_parser(
+        "calibrate", parents=[threads, trust], help="re-tune the threshold on good images"
+    )
     p.add_argument("--bundle", required=True)
     p.add_argument("--good-images", required=True)
     p.add_argument("--false-alarm-rate", type=float, default=0.01)
+    p.add_argument(
+        "--signing-key",
+        default=None,
+        metavar="PEM",
+        help="private key that re-signs the new manifest (needed when keys are trusted)",
+    )
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("pull", help="download a registered bundle from MLflow (REST)")
+    p = sub.add_parser(
+        "pull", parents=[trust], help="download a registered bundle from MLflow (REST)"
+    )
     p.add_argument("--model-uri", required=True, help="models:/NAME@ALIAS or models:/NAME/N")
     p.add_argument("--out", required=True)
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
@@ -251,9 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept file:// artifact URIs from the server (off: only its HTTP proxy)",
     )
+    p.add_argument(
+        "--credentials",
+        default=None,
+        metavar="FILE",
+        help="KEY=VALUE file (mode 600) with MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/"
+        "PASSWORD (default: $GRANVAE_EDGE_CREDENTIALS, else those variables themselves)",
+    )
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("serve", parents=[threads], help="HTTP scoring server")
+    p = sub.add_parser("serve", parents=[threads, trust], help="HTTP scoring server")
     p.add_argument("--bundle", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -277,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds to receive a whole request (line, headers, body)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="file (mode 600) holding the Bearer token POST /reload needs; required to bind a "
+        "non-loopback address (default: $GRANVAE_EDGE_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=3.0,
+        help="seconds between accepted POST /reload; sooner ones get 429",
     )
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from . import api
+from .auth import RateGate, bearer_problem
 from .contract import InvalidFrame
 from .infer import Inspector
 from .limits import Admission, Busy, Watchdog
@@ -50,6 +51,8 @@ class EdgeApp(Protocol):
     max_bytes: int
     request_timeout: float
     verbose: bool
+    token: str | None  # the Bearer token of mutating routes (auth.py); None on loopback
+    reload_gate: RateGate
 
     def health(self) -> dict[str, Any]: ...
 
@@ -267,6 +270,8 @@ class EdgeHandler(BaseHTTPRequestHandler):
             self._received()
             if self._content_length():
                 self.close_connection = True  # unread body: the connection cannot be reused
+            if self._refused_mutation():
+                return
             self._reload()
         else:
             self._received()
@@ -322,7 +327,22 @@ class EdgeHandler(BaseHTTPRequestHandler):
         self.server.metrics.record_decision(verdict.verdict)
         self._send_json(200, payload)
 
+    # --- auth (auth.py): every mutating route calls this first ---------------------------
+    def _refused_mutation(self) -> bool:
+        """401 without the device token; True when the request was refused and answered."""
+        problem = bearer_problem(self.headers.get("Authorization"), self.server.token)
+        if problem is None:
+            return False
+        self._error(401, "unauthorized", problem, extra={"WWW-Authenticate": "Bearer"})
+        return True
+
     def _reload(self) -> None:
+        wait = self.server.reload_gate.try_pass()
+        if wait > 0:  # a flood costs a header parse, never a model load
+            every = self.server.reload_gate.interval_s
+            self._error(429, "rate_limited", f"reload refused: at most one per {every:g} s",
+                        extra={"Retry-After": str(int(wait) + 1)})  # fmt: skip
+            return
         ok, reason = self.server.reload()
         if ok:
             self._send_json(200, {"ok": True, **self.server.health()})

@@ -26,6 +26,7 @@ import numpy as np
 from . import preprocess, tiled
 from .bundle import Bundle, load_bundle
 from .contract import NO_CONTRACT, FrameContract
+from .signature import TrustStore
 from .tiling import Tiling
 
 # The attribution's significance level: below it the explaining group is shown (docs/results.md).
@@ -88,8 +89,11 @@ class Inspector:
         intra_op_threads: int | None = None,
         smoke_test: bool = True,
         max_pixels: int | None = None,
+        trust: TrustStore | None = None,
     ) -> None:
-        self.bundle: Bundle = load_bundle(bundle_dir, intra_op_threads=intra_op_threads)
+        self.bundle: Bundle = load_bundle(
+            bundle_dir, intra_op_threads=intra_op_threads, trust=trust
+        )
         self.tiling: Tiling | None = Tiling.from_manifest(self.bundle.manifest)
         # checked with the rest of the manifest (manifest._check_frame_contract)
         self.contract: FrameContract | None = FrameContract.from_manifest(self.bundle.manifest)

@@ -251,15 +251,26 @@ def validate_manifest(manifest: Any) -> dict[str, Any]:
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     """Read and validate ``bundle_dir/manifest.json``."""
+    return parse_manifest(read_manifest_bytes(bundle_dir), Path(bundle_dir) / MANIFEST_FILE)
+
+
+def read_manifest_bytes(bundle_dir: Path) -> bytes:
+    """The manifest's exact bytes (what a signature covers), or a ManifestError."""
     path = Path(bundle_dir) / MANIFEST_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"{path} not found") from None
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc}") from exc
+
+
+def parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
+    """Parse and validate manifest bytes read from ``path`` (named in every error)."""
     try:
-        manifest = json.loads(text)
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path} is not UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
     except RecursionError:

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .auth import authorization_header, mlflow_credentials
 from .bundle import BundleError, load_bundle
 from .manifest import MANIFEST_FILE
 from .registry import Budget, PullError, RestClient, field
+from .signature import SignatureError, TrustStore
 
 try:  # POSIX: a pull holds an flock on its temp folder; a stale one is safe to remove
     import fcntl
@@ -122,10 +124,18 @@ class _Fetch:
 
 
 def _expect_from_manifest(path: Path) -> dict[str, str]:
+    """Every file the manifest lists (``files``) and the model, by sha256; checked as they stream.
+
+    Early refusal only: the signature and every hash are checked again by load_bundle.
+    """
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        return {str(manifest["model_file"]): str(manifest["model_sha256"]).lower()}
-    except (ValueError, KeyError, TypeError, RecursionError):
+        files = manifest.get("files")
+        files = files if isinstance(files, dict) else {}
+        expected = {str(k): str(v).lower() for k, v in files.items()}
+        expected[str(manifest["model_file"])] = str(manifest["model_sha256"]).lower()
+        return expected
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}  # load_bundle reports the manifest's problem precisely afterwards
 
 
@@ -300,15 +310,21 @@ def pull(
     retries: int = 4,
     max_bytes: int = DEFAULT_MAX_BYTES,
     allow_local: bool = False,
+    trust: TrustStore | None = None,
+    credentials: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Resolve, download, verify, install. Returns provenance of the installed bundle."""
+    """Resolve, download, verify (signature and every file), install; returns provenance.
+
+    ``trust`` None: $GRANVAE_EDGE_TRUSTED_KEYS (load_bundle); ``credentials``: auth.py.
+    """
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         raise PullError("an http(s) tracking URI is needed: --tracking-uri or MLFLOW_TRACKING_URI")
     ref = parse_model_uri(model_uri)
     out = Path(out).absolute()
     check_out_folder(out)  # refuse before any download, not after
-    client = RestClient(tracking_uri, retries=retries)
+    auth = authorization_header(mlflow_credentials(credentials))
+    client = RestClient(tracking_uri, retries=retries, authorization=auth)
     version = resolve_version(client, ref)
     artifact_uri = download_uri(client, ref.name, version)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -316,8 +332,8 @@ def pull(
     with _pull_folder(out) as tmp:
         fetch_artifacts(client, artifact_uri, tmp, allow_local=allow_local, max_bytes=max_bytes)
         try:  # full verification before anything replaces the current one
-            bundle = load_bundle(tmp)
-        except BundleError as exc:
+            bundle = load_bundle(tmp, trust=trust)
+        except (BundleError, SignatureError) as exc:
             raise PullError(f"downloaded bundle refused: {exc}") from None
         _install(tmp, out)
     return {
@@ -328,4 +344,5 @@ def pull(
         "out": str(out),
         "revision": bundle.revision,
         "model_sha256": bundle.model_sha256,
+        "signed_by": bundle.signed_by,
     }

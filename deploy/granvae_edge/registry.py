@@ -86,9 +86,15 @@ class RestClient:
     """GETs against one tracking server, with retries on connection-level failures."""
 
     def __init__(
-        self, tracking_uri: str, retries: int = 4, backoff_s: float = 0.5, timeout_s: float = 30
+        self,
+        tracking_uri: str,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        timeout_s: float = 30,
+        authorization: str | None = None,
     ) -> None:
         self.base = tracking_uri.rstrip("/")
+        self.authorization = authorization  # auth.authorization_header(); never redirected
         self.retries = retries
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -96,11 +102,17 @@ class RestClient:
     def url(self, path: str, params: dict[str, str] | None = None) -> str:
         return self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
 
+    def _request(self, url: str) -> urllib.request.Request:
+        req = urllib.request.Request(url)
+        if self.authorization:  # unredirected: a redirect never carries the credential away
+            req.add_unredirected_header("Authorization", self.authorization)
+        return req
+
     def _open(self, url: str):
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
-                return urllib.request.urlopen(url, timeout=self.timeout_s)
+                return urllib.request.urlopen(self._request(url), timeout=self.timeout_s)
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 and exc.code != 429:
                     raise PullError(f"{url}: HTTP {exc.code}: {_error_message(exc)}") from None

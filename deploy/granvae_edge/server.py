@@ -23,11 +23,13 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .auth import RateGate, require_token_for
 from .handler import EdgeHandler
 from .infer import Inspector
 from .limits import Admission, Slots, Watchdog
 from .metrics import Metrics
 from .preprocess import DECODE_BYTES_PER_PIXEL
+from .signature import TrustStore
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
@@ -43,6 +45,7 @@ class ServerLimits:
     queue: int = 32  # requests waiting for a scoring turn
     queue_wait_s: float = 10.0
     request_timeout_s: float = 30.0  # request line + headers + body, as a whole
+    reload_interval_s: float = 0.0  # min seconds between POST /reload (CLI default: 3)
 
 
 class ServingState:
@@ -53,10 +56,12 @@ class ServingState:
         bundle_dir: str | Path,
         intra_op_threads: int | None = None,
         max_pixels: int | None = None,
+        trust: TrustStore | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.intra_op_threads = intra_op_threads
         self.max_pixels = max_pixels
+        self.trust = trust  # None: $GRANVAE_EDGE_TRUSTED_KEYS at each load (bundle.load_bundle)
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._inspector = self._load()
@@ -68,8 +73,9 @@ class ServingState:
 
     def _load(self) -> Inspector:
         return Inspector(
-            self.bundle_dir, intra_op_threads=self.intra_op_threads, max_pixels=self.max_pixels
-        )
+            self.bundle_dir, intra_op_threads=self.intra_op_threads, max_pixels=self.max_pixels,
+            trust=self.trust,
+        )  # fmt: skip
 
     def reload(self) -> tuple[bool, str]:
         """Load + verify + smoke-test the folder again; swap only if all of it passed."""
@@ -96,8 +102,13 @@ class EdgeServer(ThreadingHTTPServer):
         state: ServingState,
         limits: ServerLimits | None = None,
         verbose: bool = False,
+        token: str | None = None,
     ) -> None:
         self.state = state
+        # --- auth (auth.py): the Bearer token of mutating routes and the reload rate gate ---
+        require_token_for(address[0], token)
+        self.token = token
+        self.reload_gate = RateGate(limits.reload_interval_s if limits else 0.0)
         self.limits = limits = limits or ServerLimits()
         self.metrics = Metrics()
         self.max_bytes = limits.max_bytes
@@ -187,6 +198,8 @@ def make_server(
     intra_op_threads: int | None = None,
     verbose: bool = False,
     limits: ServerLimits | None = None,
+    trust: TrustStore | None = None,
+    token: str | None = None,
 ) -> EdgeServer:
     """Verify the bundle and bind; raises BundleError if the bundle is not servable.
 
@@ -194,8 +207,9 @@ def make_server(
     only tune the body size).
     """
     limits = limits or ServerLimits(max_bytes=max_bytes)
-    state = ServingState(bundle_dir, intra_op_threads, max_pixels=limits.max_pixels)
-    return EdgeServer((host, port), state, limits=limits, verbose=verbose)
+    require_token_for(host, token)  # before the bundle is loaded: refuse fast
+    state = ServingState(bundle_dir, intra_op_threads, max_pixels=limits.max_pixels, trust=trust)
+    return EdgeServer((host, port), state, limits=limits, verbose=verbose, token=token)
 
 
 def _install_signals(server: EdgeServer) -> None:

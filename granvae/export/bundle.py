@@ -1,4 +1,8 @@
-"""The edge bundle: model.onnx + manifest.json, exactly per docs/contracts.md.
+"""The edge bundle: model.onnx + manifest.json (+ manifest.sig), exactly per docs/contracts.md.
+
+Every file of the bundle is listed by sha256 in the manifest (``files``) and the manifest is
+signed with the exporter's Ed25519 key (granvae.signing), so a device can refuse a bundle whose
+threshold, statistics or model somebody changed after export.
 
 The input spec, opset and output names are read back from the ONNX file, not
 taken from the caller, so the manifest cannot describe a graph other than the
@@ -22,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from granvae.export.graph import INPUT_NAME, OUTPUT_NAMES, onnx_opset
 from granvae.fsutil import swap_dir_into_place
 from granvae.metrics.thresholds import Threshold
+from granvae.signing import SIGNATURE_FILE, sign_bundle
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -219,9 +225,13 @@ def _fsync(path: Path) -> None:
 
 
 def _assemble(
-    tmp: Path, onnx_path: Path, fields: dict[str, Any], stats_path: Path | None
+    tmp: Path,
+    onnx_path: Path,
+    fields: dict[str, Any],
+    stats_path: Path | None,
+    signing_key: Ed25519PrivateKey | None,
 ) -> dict[str, Any]:
-    """Copy the model (and score statistics) in, hash *the copies*, write the manifest."""
+    """Copy the model (and score statistics) in, hash *the copies*, write and sign the manifest."""
     model = tmp / MODEL_FILE
     shutil.copyfile(onnx_path, model)
     _fsync(model)
@@ -232,9 +242,12 @@ def _assemble(
         fields["scoring"] = {**fields["scoring"], "stats_file": STATS_FILE,
                              "stats_sha256": sha256_file(shipped)}  # fmt: skip
     manifest = build_manifest(model, **fields)
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
     (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
     _fsync(tmp / MANIFEST_FILE)
+    sign_bundle(tmp, signing_key)
+    _fsync(tmp / SIGNATURE_FILE)
     return manifest
 
 
@@ -256,8 +269,12 @@ def write_bundle(
     tiling: Mapping[str, Any] | None = None,
     frame_contract: Mapping[str, Any] | None = None,
     attribution: Mapping[str, Any] | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir/{model.onnx, manifest.json}`` atomically; return the manifest.
+    """Write ``out_dir/{model.onnx, manifest.json, manifest.sig}`` atomically; the manifest.
+
+    ``signing_key`` None: granvae.signing.signing_key() ($GRANVAE_SIGNING_KEY, or the local
+    key pair, made on first use).
 
     ``threshold`` is a ``Threshold`` or its dict (extra keys ``score``,
     ``calibrated_on``, ``date`` are kept); ``calibrated_on`` overrides it.
@@ -284,7 +301,8 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is served to devices
-        manifest = _assemble(tmp, Path(onnx_path), fields, Path(stats_path) if stats_path else None)
+        stats = Path(stats_path) if stats_path else None
+        manifest = _assemble(tmp, Path(onnx_path), fields, stats, signing_key)
         if out_dir.exists() and not overwrite:
             raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
         swap_dir_into_place(tmp, out_dir)

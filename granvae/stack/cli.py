@@ -91,14 +91,23 @@ def status_cmd(
 
 
 @app.command("env")
-def env_cmd(root: RootOpt = DEFAULT_ROOT) -> None:
-    """`export` lines for a shell: eval "$(granvae stack env)" (no secrets printed)."""
+def env_cmd(
+    root: RootOpt = DEFAULT_ROOT,
+    prefect_auth: Annotated[
+        bool,
+        typer.Option("--prefect-auth", help="also export PREFECT_API_AUTH_STRING (a secret)"),
+    ] = False,
+) -> None:
+    """`export` lines for a shell: eval "$(granvae stack env)" (no secrets unless asked)."""
     from granvae.stack.config import load_state
 
     state = load_state(root)
     if state is None:
         _fail(StackError(f"no stack in {root} (run `granvae stack up`)"))
-    for key, value in state.client_env().items():
+    env = state.client_env()
+    if prefect_auth:  # `prefect deployment run` and friends need it; stack.json is 0600
+        env["PREFECT_API_AUTH_STRING"] = state.prefect_auth
+    for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
 
 

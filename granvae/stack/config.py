@@ -57,6 +57,7 @@ class StackState:
     pids: dict[str, int] = field(default_factory=dict)
     s3_endpoint: str = ""
     local_s3: bool = True
+    prefect_auth: str = ""  # "user:password" the Prefect API demands (secret, like pg_password)
 
     @property
     def mlflow_uri(self) -> str:
@@ -85,6 +86,10 @@ class StackState:
             "PREFECT_API_URL": self.prefect_api,
             "AWS_DEFAULT_REGION": self.region,
             "GRANVAE_DVC_REMOTE": self.dvc_remote(),
+            # A Prefect server answers 500 while its database restarts; flows and the worker
+            # retry those with backoff (429/502/503 are retried by Prefect already), so one
+            # restart does not fail a night's retrain.
+            "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504",
         }
         if self.s3_endpoint:
             env["AWS_ENDPOINT_URL"] = self.s3_endpoint  # boto3, s3fs and DVC read it
@@ -129,7 +134,8 @@ def free_port() -> int:
 
 
 def as_dict(state: StackState) -> dict[str, Any]:
-    """The state without the password (for `status --json`)."""
+    """The state without the secrets (for `status --json`)."""
     out = asdict(state)
     out.pop("pg_password", None)
+    out.pop("prefect_auth", None)
     return out

@@ -41,7 +41,13 @@ def _new_state(cfg: StackSettings) -> StackState:
         root=str(cfg.root), project=str(cfg.project), bucket=cfg.bucket, pool=cfg.pool,
         region=cfg.region, pg_user=cfg.pg_user, pg_password=secrets.token_urlsafe(24),
         ports=ports, s3_endpoint="" if endpoint == "aws" else endpoint, local_s3=local,
+        prefect_auth=_prefect_auth(),
     )  # fmt: skip
+
+
+def _prefect_auth() -> str:
+    """The Prefect API's basic-auth pair: no anonymous deployment runs commands on this host."""
+    return f"granvae:{secrets.token_urlsafe(24)}"
 
 
 def _ready(state: StackState) -> dict[str, Callable[[], bool]]:
@@ -75,6 +81,7 @@ def up(cfg: StackSettings) -> StackState:
     cfg.root.mkdir(parents=True, exist_ok=True)
     state = load_state(cfg.root) or _new_state(cfg)
     state.project = str(cfg.project)
+    state.prefect_auth = state.prefect_auth or _prefect_auth()  # a state from before auth
     state.save()
     started: list[str] = []
     try:
@@ -95,6 +102,8 @@ def _start_stage(state: StackState, stage: tuple[str, ...], started: list[str]) 
         services.ensure_bucket(state)
         stage = tuple(n for n in stage if n != "s3")
     todo = [name for name in stage if not ready[name]()]
+    if "s3" in stage and state.local_s3 and "s3" not in todo:
+        services.ensure_bucket(state)  # S3 answers, but its bucket may have been wiped
     for name in todo:
         _stop_one(state, name)  # a stale process on a dead port
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
@@ -142,6 +151,7 @@ def status(root: Path) -> tuple[StackState | None, dict[str, bool]]:
     health = {name: bool(checks[name]()) for name in SERVICES}
     if not state.local_s3:
         health["s3"] = True if not state.s3_endpoint else services.s3_ready(state)
+    health["bucket"] = health["s3"] and services.bucket_ready(state)  # artifacts + DVC remotes
     return state, health
 
 

@@ -93,15 +93,25 @@ def log_file(state: StackState) -> Path:
     return folder(state) / "postgres.log"
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` 0600 from the first byte (mode given to open; O_EXCL: a fresh file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def init(state: StackState) -> None:
     """initdb once (a superuser with the generated password), loopback-only settings."""
     home, data = folder(state), data_dir(state)
     if (data / "PG_VERSION").exists():
         return
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     user = _run_as()
     pwfile = home / "pwfile"
-    pwfile.write_text(state.pg_password + "\n")
+    pwfile.unlink(missing_ok=True)  # a leftover of a killed init: never reuse its mode
+    _write_private(pwfile, state.pg_password + "\n")
     if user:
         _check_reachable(home, user)
         entry = pwd.getpwnam(user)

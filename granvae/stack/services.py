@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -80,6 +81,20 @@ def ensure_bucket(state: StackState) -> None:
                          f"{state.s3_endpoint or 'AWS'}: {err}") from err  # fmt: skip
 
 
+def bucket_ready(state: StackState) -> bool:
+    """The bucket exists: a reset S3 server answers while every artifact and remote is gone."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3", endpoint_url=state.s3_endpoint or None, region_name=state.region,
+                          **_boto_creds())  # fmt: skip
+    try:
+        client.head_bucket(Bucket=state.bucket)
+    except (ClientError, BotoCoreError):
+        return False
+    return True
+
+
 def _boto_creds() -> dict[str, str]:
     creds = s3_credentials()
     return {"aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
@@ -104,7 +119,12 @@ def prefect_env(state: StackState) -> dict[str, str]:
         f"{state.pg_user}@", f"{state.pg_user}:{state.pg_password}@"
     )  # asyncpg reads PGPASSWORD too, but Prefect builds its own pool from the URL
     return {**base_env(state), "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": url}  # fmt: skip
+            "PREFECT_API_DATABASE_CONNECTION_URL": url,
+            # API auth (server demands it, worker and its flows send it); CORS: its own UI only
+            "PREFECT_SERVER_API_AUTH_STRING": state.prefect_auth,
+            "PREFECT_API_AUTH_STRING": state.prefect_auth,
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": f"http://127.0.0.1:{state.ports['prefect']}",
+            }  # fmt: skip
 
 
 def start_prefect(state: StackState) -> int:
@@ -135,6 +155,8 @@ def worker_ready(state: StackState) -> bool:
         f"{state.prefect_api}/work_pools/{state.pool}/workers/filter",
         data=b"{}", headers={"Content-Type": "application/json"}, method="POST",
     )  # fmt: skip
+    pair = base64.b64encode(state.prefect_auth.encode()).decode("ascii")
+    req.add_header("Authorization", f"Basic {pair}")
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             workers = json.loads(resp.read())

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from granvae.config import PromotionConfig
 from granvae.select import SelectionPolicy
 from granvae.tracking.compare import CannotCompare, NonFiniteScores, compare
+from granvae.tracking.record_signing import record_signer, sign_record, trusted_keys
 from granvae.tracking.registry import (
     COMPLETE,
     GATES_TAG,
@@ -185,7 +186,7 @@ def _record(store: Store, name: str, target: ModelVersion, rec: PromotionRecord)
         target.version,
         fit_description(body, lines),
     )
-    entries = history(name, store=store) + [asdict(rec)]
+    entries = history(name, store=store) + [sign_record(asdict(rec), name)]  # record_signing
     call("record history", client.set_registered_model_tag, name, HISTORY_TAG, _trimmed(entries))
 
 
@@ -305,6 +306,12 @@ def rollback(
     return rec
 
 
+def _metrics_changed(signed: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Metrics the signed record holds that the version's tag no longer says (a forged tag)."""
+    changed = [k for k, v in signed.items() if json.dumps(now.get(k)) != json.dumps(v)]
+    return [f"metrics tag changed since the signed promotion: {changed}"] if changed else []
+
+
 def champion_check(
     model_name: str = MODEL_NAME,
     policy: SelectionPolicy | None = None,
@@ -324,5 +331,10 @@ def champion_check(
     recorded = bool(entries) and entries[-1].get("to_version") == int(current.version)
     gates = _gate_problems(current, policy)
     how = "moved by granvae" if recorded else "MOVED OUTSIDE granvae (no promotion recorded)"
+    # --- signed records (record_signing.py): a forged entry or metrics tag is named ---
+    if recorded and record_signer(entries[-1], model_name, trusted_keys()) is None:
+        how = "MOVED OUTSIDE granvae (its promotion record is not signed by a trusted key)"
+    elif recorded:
+        gates += _metrics_changed(entries[-1].get("metrics") or {}, _metrics(current))
     result = "gates passed" if not gates else "GATES FAILED: " + "; ".join(gates)
     return f"champion version {current.version}: {how}; {result}"

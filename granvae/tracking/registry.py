@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from granvae.metrics import HEADLINE as HEADLINE_METRICS
 from granvae.select import Decision, decision_markdown
+from granvae.signing import SIGNATURE_FILE, sign_bundle
 from granvae.tracking.compare import EVAL_DIR, EVAL_FILE, EVAL_TAG, SCORE_TAG, write_eval_set
 from granvae.tracking.provenance import PROVENANCE_DIR, code_tags, write_params
 from granvae.tracking.runs import (
@@ -167,7 +168,8 @@ def _finish(store: Store, name: str, mv: ModelVersion, staged: Path, run_id: str
         data = json.loads(manifest.read_text())
         data["mlflow_model_uri"] = f"models:/{name}/{mv.version}"
         manifest.write_text(json.dumps(data, indent=2))
-        log_artifact_files(store, run_id, [manifest], staged.name)
+        sign_bundle(staged)  # the manifest changed: sign it again (granvae.signing)
+        log_artifact_files(store, run_id, [manifest, staged / SIGNATURE_FILE], staged.name)
     required = ["MLmodel", "model.onnx", "manifest.json"] if manifest.exists() else ["MLmodel"]
     _check_listed(store, run_id, staged.name, required)
     store.call(

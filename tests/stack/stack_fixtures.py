@@ -64,13 +64,24 @@ def s3_keys(state: Any, prefix: str) -> list[str]:
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
+PREFECT_AUTH: dict[str, str] = {}  # Prefect API URL -> its "user:password" (stack fixture)
+
+
+def prefect_settings(api: str) -> dict[Any, Any]:
+    """temporary_settings() updates for a stack's Prefect API: its URL and its auth pair."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    auth = PREFECT_AUTH.get(api)
+    return {PREFECT_API_URL: api, **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
+
+
 def wait_flow_runs(api: str, ids: list[Any], timeout: float) -> dict[Any, Any]:
     """Poll until every flow run is final; returns id -> final state. Bounded in time."""
     from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     deadline, final = time.monotonic() + timeout, {}
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+    with temporary_settings(prefect_settings(api)), get_client(sync_client=True) as client:
         while time.monotonic() < deadline and len(final) < len(ids):
             for fid in ids:
                 state = client.read_flow_run(fid).state
@@ -99,9 +110,9 @@ def edge_env() -> dict[str, str]:
 def _task_runs(api: str, name: str) -> list[Any]:
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+    with temporary_settings(prefect_settings(api)), get_client(sync_client=True) as client:
         found = TaskRunFilter(name=TaskRunFilterName(like_=name))
         return client.read_task_runs(task_run_filter=found)
 

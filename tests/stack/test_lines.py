@@ -62,3 +62,21 @@ def test_stack_status_and_env_without_a_stack(tmp_path: Path) -> None:
     assert status.exit_code == 1 and "no stack in" in status.output
     env = runner.invoke(app, ["stack", "env", "--root", str(tmp_path)])
     assert env.exit_code == 2 and "granvae stack up" in env.output
+
+
+def test_stack_env_prints_the_prefect_secret_only_when_asked(tmp_path: Path) -> None:
+    import stat
+
+    from granvae.stack.config import StackState
+
+    state = StackState(root=str(tmp_path), project=".", bucket="b", pool="p", region="r",
+                       pg_user="u", pg_password="pg-secret", ports={"mlflow": 1, "prefect": 2},
+                       prefect_auth="granvae:prefect-secret")  # fmt: skip
+    state.save()
+    assert stat.S_IMODE((tmp_path / "stack.json").stat().st_mode) == 0o600
+    runner = CliRunner()
+    plain = runner.invoke(app, ["stack", "env", "--root", str(tmp_path)])
+    assert plain.exit_code == 0 and "secret" not in plain.output
+    asked = runner.invoke(app, ["stack", "env", "--root", str(tmp_path), "--prefect-auth"])
+    assert "export PREFECT_API_AUTH_STRING=granvae:prefect-secret" in asked.output
+    assert "pg-secret" not in asked.output
