@@ -52,7 +52,7 @@ def auth_config(state: StackState) -> Path:
     """The basic-auth app's ini (it holds the admin and database passwords: 0600)."""
     folder = Path(state.root) / "mlflow"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db = (f"postgresql://{state.pg_user}:{state.pg_password}@127.0.0.1:"
+    db = (f"postgresql+psycopg2://{state.pg_user}:{state.pg_password}@127.0.0.1:"
           f"{state.ports['postgres']}/mlflow_auth")  # fmt: skip
     path = folder / "auth.ini"
     write_private(path, (
