@@ -97,8 +97,13 @@ def env_cmd(
         bool,
         typer.Option("--prefect-auth", help="also export PREFECT_API_AUTH_STRING (a secret)"),
     ] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(help="also export this MLflow role's user and password: admin|retrain|device"),
+    ] = None,
 ) -> None:
     """`export` lines for a shell: eval "$(granvae stack env)" (no secrets unless asked)."""
+    from granvae.stack import roles
     from granvae.stack.config import load_state
 
     state = load_state(root)
@@ -107,6 +112,12 @@ def env_cmd(
     env = state.client_env()
     if prefect_auth:  # `prefect deployment run` and friends need it; stack.json is 0600
         env["PREFECT_API_AUTH_STRING"] = state.prefect_auth
+    if role is not None:
+        try:
+            env.update(roles.credentials(state, role))
+        except (StackError, KeyError):
+            _fail(StackError(f"no credentials for role {role!r} (one of {', '.join(roles.ROLES)};"
+                             " run `granvae stack up`)"))  # fmt: skip
     for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
 

@@ -58,6 +58,8 @@ class StackState:
     s3_endpoint: str = ""
     local_s3: bool = True
     prefect_auth: str = ""  # "user:password" the Prefect API demands (secret, like pg_password)
+    mlflow_users: dict[str, str] = field(default_factory=dict)  # role -> password (secret)
+    flask_secret: str = ""  # MLflow's basic-auth app signs its CSRF tokens with it (secret)
 
     @property
     def mlflow_uri(self) -> str:
@@ -138,4 +140,6 @@ def as_dict(state: StackState) -> dict[str, Any]:
     out = asdict(state)
     out.pop("pg_password", None)
     out.pop("prefect_auth", None)
+    out.pop("mlflow_users", None)
+    out.pop("flask_secret", None)
     return out

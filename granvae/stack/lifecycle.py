@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from granvae.stack import postgres, procs, services
+from granvae.stack import postgres, procs, roles, services
 from granvae.stack.config import (
     LOCAL_S3,
     SERVICES,
@@ -82,11 +82,13 @@ def up(cfg: StackSettings) -> StackState:
     state = load_state(cfg.root) or _new_state(cfg)
     state.project = str(cfg.project)
     state.prefect_auth = state.prefect_auth or _prefect_auth()  # a state from before auth
+    roles.fill_secrets(state)
     state.save()
     started: list[str] = []
     try:
         for stage in STAGES:
             _start_stage(state, stage, started)
+        roles.ensure_users(state)  # idempotent: on a running MLflow, missing users only
     except BaseException:
         for name in reversed(started):
             _stop_one(state, name, quiet=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from granvae.stack.config import StackError, StackState
 
-DATABASES = ("mlflow", "prefect")
+DATABASES = ("mlflow", "mlflow_auth", "prefect")  # mlflow_auth: its users + permissions
 OS_USER = "postgres"
 
 

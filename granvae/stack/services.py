@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from granvae.stack import procs
+from granvae.stack import procs, roles
 from granvae.stack.config import StackError, StackState, s3_credentials
 
 
@@ -105,8 +105,10 @@ def start_mlflow(state: StackState) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
            "--port", str(state.ports["mlflow"]), "--workers", "1",
            "--backend-store-uri", state.pg_url("mlflow", "postgresql+psycopg2"),
-           "--artifacts-destination", state.artifacts]  # fmt: skip
-    return _launch(state, "mlflow", cmd, base_env(state), lambda: mlflow_ready(state), 180)
+           "--artifacts-destination", state.artifacts,
+           "--app-name", "basic-auth"]  # roles.py: users and permissions  # fmt: skip
+    env = {**base_env(state), **roles.server_env(state)}
+    return _launch(state, "mlflow", cmd, env, lambda: mlflow_ready(state), 180)
 
 
 def mlflow_ready(state: StackState) -> bool:
@@ -143,7 +145,8 @@ def start_worker(state: StackState) -> int:
     """One process worker; flow runs start in the project folder as subprocesses."""
     cmd = [_bin("prefect"), "worker", "start", "--pool", state.pool, "--type", "process",
            "--name", f"{state.pool}-worker-1"]  # fmt: skip
-    env = {**prefect_env(state), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**prefect_env(state), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           **roles.credentials(state, "retrain")}  # its flows write runs, models, versions
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL")  # a worker talks to the API, not the DB
     ready = lambda: worker_ready(state)  # noqa: E731
     return _launch(state, "worker", cmd, env, ready, 120, cwd=Path(state.project))

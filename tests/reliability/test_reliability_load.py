@@ -93,7 +93,7 @@ def _client(port: int, n: int, stop_at: float, out: list, lock: threading.Lock) 
 def test_load_with_hot_reload_has_no_errors_and_no_mixed_revisions(tmp_path):
     bundle = make_bundle(tmp_path / "bundle", threshold=1.0)
     thresholds = {1: 1.0}
-    server = Served(bundle)
+    server = Served(bundle, "--reload-interval", "0")  # three reloads within seconds, on purpose
     try:
         rss0 = _rss_kb(server.proc.pid)["VmRSS"]
         for clients, per_client in ((1, 150), (4, 60), (16, 20)):

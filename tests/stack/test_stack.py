@@ -8,9 +8,11 @@ within its CI budget; the services and their failure modes are what is under tes
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -35,7 +37,7 @@ from stack_fixtures import (
     with_credentials,
 )
 
-from granvae.stack import StackSettings, down, status, up
+from granvae.stack import StackSettings, down, roles, status, up
 from granvae.stack import postgres as pg
 from granvae.stack.config import StackState
 from granvae.stack.lifecycle import restart_service
@@ -62,8 +64,11 @@ def stack() -> Iterator[StackState]:
     try:
         state = up(StackSettings(root=root / "stack", project=project))
         PREFECT_AUTH[state.prefect_api] = state.prefect_auth
+        os.environ.update(roles.credentials(state, "admin"))  # this module's MLflow clients
         yield state
     finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
         down(root / "stack")
         for gen in (folder, creds):
             next(gen, None)
@@ -198,7 +203,8 @@ def test_edge_pulls_the_line_model_over_http(stack, two_lines, tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-m", "granvae_edge", "pull", "--model-uri",
          "models:/inspector-press-7@challenger", "--out", str(out),
-         "--tracking-uri", stack.mlflow_uri],
+         "--tracking-uri", stack.mlflow_uri,
+         "--credentials", str(roles.credentials_file(stack, "device"))],
         capture_output=True, text=True, timeout=120, env=edge_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -245,6 +251,42 @@ def test_the_prefect_api_refuses_anonymous_deployments_and_foreign_origins(stack
     except urllib.error.HTTPError as exc:
         allowed = exc.headers.get("access-control-allow-origin")
     assert allowed not in ("*", "http://evil.example")
+
+
+def _registry_write(stack: StackState, user: str | None, path: str, body: dict) -> int:
+    req = urllib.request.Request(f"{stack.mlflow_uri}/api/2.0/mlflow/{path}", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    if user:
+        pair = f"{user}:{stack.mlflow_users[user]}".encode()
+        req.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines) -> None:
+    """Issue 14: anonymous model delete, alias move and tag write; now 401 (403 for device)."""
+    name = "inspector-press-7"
+    writes = [("registered-models/alias", {"name": name, "alias": "champion", "version": "1"}),
+              ("registered-models/set-tag", {"name": name, "key": "k", "value": "v"}),
+              ("model-versions/set-tag", {"name": name, "version": "1", "key": "k", "value": "v"})]
+    for path, body in writes:
+        assert _registry_write(stack, None, path, body) == 401, path
+        assert _registry_write(stack, "device", path, body) == 403, path
+    delete = urllib.request.Request(
+        f"{stack.mlflow_uri}/api/2.0/mlflow/registered-models/delete", method="DELETE",
+        data=json.dumps({"name": name}).encode(), headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(delete, timeout=30)
+    assert refused.value.code == 401
+    for role in roles.ROLES:
+        assert stat.S_IMODE(roles.credentials_file(stack, role).stat().st_mode) == 0o600
+    shown = granvae("stack", "env", "--root", stack.root, "--role", "device", timeout=120)
+    assert "MLFLOW_TRACKING_USERNAME=device" in shown.stdout
+    assert stack.mlflow_users["admin"] not in shown.stdout
 
 
 def test_a_wiped_bucket_fails_status_and_up_recreates_it(stack) -> None:

@@ -1,0 +1,110 @@
+"""Roles on the stack's MLflow: who may read, who may write, and their credentials files.
+
+Why: with an open registry any local process could delete a registered model or move an alias
+(issue 14). MLflow's basic-auth app (`mlflow server --app-name basic-auth`, users and
+permissions in the stack's PostgreSQL, database `mlflow_auth`) checks every request; new users
+get READ on everything and MANAGE on what they create.
+
+Roles: ``admin`` (everything: promotion, user management), ``retrain`` (the worker's flows:
+create runs, models and versions, and the `challenger` alias on its own models), ``device``
+(read: `granvae-edge pull`). Each role's ``KEY=VALUE`` credentials file lives in
+``<root>/credentials/<role>.env``, created 0600 from the first byte; ``granvae stack env --role
+R`` prints the same lines as exports.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from granvae.stack.config import StackError, StackState
+
+ROLES = ("admin", "retrain", "device")
+USERS_API = "/api/2.0/mlflow/users"
+
+
+def fill_secrets(state: StackState) -> None:
+    """Generate whatever password or key the state lacks (a new stack, or one from before)."""
+    for role in ROLES:
+        state.mlflow_users.setdefault(role, secrets.token_urlsafe(24))
+    state.flask_secret = state.flask_secret or secrets.token_hex(32)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, 0600 from the first byte (O_EXCL temp, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def auth_config(state: StackState) -> Path:
+    """The basic-auth app's ini (it holds the admin and database passwords: 0600)."""
+    folder = Path(state.root) / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = (f"postgresql+psycopg2://{state.pg_user}:{state.pg_password}@127.0.0.1:"
+          f"{state.ports['postgres']}/mlflow_auth")  # fmt: skip
+    path = folder / "auth.ini"
+    write_private(path, (
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {db}\nadmin_username = admin\n"
+        f"admin_password = {state.mlflow_users['admin']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    ))  # fmt: skip
+    return path
+
+
+def server_env(state: StackState) -> dict[str, str]:
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config(state)),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": state.flask_secret}  # fmt: skip
+
+
+def credentials(state: StackState, role: str) -> dict[str, str]:
+    if role not in ROLES:
+        raise StackError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    return {"MLFLOW_TRACKING_USERNAME": role,
+            "MLFLOW_TRACKING_PASSWORD": state.mlflow_users[role]}  # fmt: skip
+
+
+def credentials_file(state: StackState, role: str) -> Path:
+    return Path(state.root) / "credentials" / f"{role}.env"
+
+
+def _create_user(state: StackState, role: str) -> None:
+    admin = base64.b64encode(f"admin:{state.mlflow_users['admin']}".encode()).decode()
+    body = json.dumps({"username": role, "password": state.mlflow_users[role]}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Basic {admin}"}
+    req = urllib.request.Request(f"{state.mlflow_uri}{USERS_API}/create", data=body,
+                                 method="POST", headers=headers)  # fmt: skip
+    try:
+        urllib.request.urlopen(req, timeout=30).close()
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace")
+        if "RESOURCE_ALREADY_EXISTS" not in text and "already exists" not in text:
+            why = f"HTTP {exc.code} {text[:200]}"
+            raise StackError(f"mlflow: cannot create user {role!r}: {why}") from None
+    except OSError as exc:
+        raise StackError(f"mlflow: cannot create user {role!r}: {exc}") from exc
+
+
+def ensure_users(state: StackState) -> None:
+    """Create the non-admin users (the app makes admin) and write every credentials file."""
+    for role in ROLES:
+        if role != "admin":
+            _create_user(state, role)
+    folder = Path(state.root) / "credentials"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for role in ROLES:
+        lines = [f"MLFLOW_TRACKING_URI={state.mlflow_uri}"]
+        lines += [f"{k}={v}" for k, v in credentials(state, role).items()]
+        write_private(credentials_file(state, role), "\n".join(lines) + "\n")
