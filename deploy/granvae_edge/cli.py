@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, calibrate, heatmap, preprocess
+from . import __version__, calibrate, cli_line, heatmap, preprocess
 from .bundle import BundleError
 from .infer import Inspector
 from .manifest import ManifestError
@@ -62,15 +62,21 @@ def _heatmap_path(out_dir: Path, image: Path, used: set[str]) -> Path:
     return out_dir / name
 
 
-def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: set[str]) -> dict:
+def _score_path(
+    inspector: Inspector, path: Path, heat_dir: Path | None, used: set[str], capture=None
+) -> dict:
     try:
         arr = inspector.prepare(path)
         verdict = inspector.score_batch([arr])[0]
+        if capture is not None:  # line loop: keep the file's own bytes with its record
+            item_id = cli_line.capture_scored(capture, path, verdict, inspector.bundle)
     except preprocess.InputError as exc:
         return {"path": str(path), "error": str(exc)}
     except Exception as exc:  # a model failure on one image must not stop the stream
         return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
     line: dict[str, Any] = {"path": str(path), **verdict.to_json()}
+    if capture is not None:
+        line["item_id"] = item_id
     if heat_dir is not None:
         target = _heatmap_path(heat_dir, path, used)
         try:
@@ -90,10 +96,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     used: set[str] = set()
     errors = 0
-    for path in preprocess.list_images(args.paths):
-        line = _score_path(inspector, path, heat_dir, used)
-        errors += "error" in line or "heatmap_error" in line
-        _emit(line)
+    try:
+        capture = cli_line.capture_from_args(args)
+    except (ValueError, OSError) as exc:
+        return _fail(f"bad capture option: {exc}", 2)
+    try:
+        for path in preprocess.list_images(args.paths):
+            line = _score_path(inspector, path, heat_dir, used, capture)
+            errors += "error" in line or "heatmap_error" in line
+            _emit(line)
+    finally:
+        if capture is not None:
+            capture.close()
     return 1 if errors else 0
 
 
@@ -172,11 +186,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_bytes=args.max_bytes, max_pixels=args.max_pixels, connections=args.connections,
             inflight=args.inflight, queue=args.queue, request_timeout_s=args.request_timeout,
         )  # fmt: skip
+        token = cli_line.token_from_args(args)
+        capture = cli_line.capture_from_args(args)
         server = make_server(
             args.bundle, args.host, args.port, intra_op_threads=args.threads,
-            verbose=args.verbose, limits=limits,
+            verbose=args.verbose, limits=limits, capture=capture, feedback_token=token,
         )  # fmt: skip
-    except ValueError as exc:  # a limit out of range
+    except ValueError as exc:  # a limit out of range, a bad capture option or token file
         return _fail(f"bad serve option: {exc}", 2)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc}", 2)
@@ -213,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="decoded pixels per image (default: from the model's input size)",
     )
+    cli_line.add_capture_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("calibrate", parents=[threads], help="re-tune the threshold on good images")
@@ -265,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to receive a whole request (line, headers, body)",
     )
     p.add_argument("--verbose", action="store_true", help="log every request")
+    cli_line.add_capture_options(p)
+    p.add_argument("--feedback-token-file", default=None,
+                   help="file holding the bearer token that POST /feedback requires")  # fmt: skip
     p.set_defaults(func=cmd_serve)
+    cli_line.add_line_commands(sub)
     return parser
 
 

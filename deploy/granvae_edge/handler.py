@@ -16,6 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
+from . import line_loop
 from .limits import Busy
 from .preprocess import InputError, TooLargeError
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 DRAIN_LIMIT = 16 * 1024 * 1024
 DRAIN_SECONDS = 1.0
 ROUTES = {"/score": ("POST",), "/reload": ("POST",), "/healthz": ("GET", "HEAD"),
-          "/metrics": ("GET", "HEAD")}  # fmt: skip
+          "/metrics": ("GET", "HEAD"), "/feedback": ("POST",)}  # fmt: skip
 _STDLIB_ERRORS = {
     400: ("bad_request", "malformed HTTP request"),
     408: ("timeout", "request not received in time"),
@@ -215,7 +216,10 @@ class EdgeHandler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send_json(200, self.server.health())
         elif path == "/metrics":
-            self._send_json(200, self.server.metrics.snapshot())
+            snapshot = self.server.metrics.snapshot()
+            if self.server.capture is not None:
+                snapshot["capture"] = self.server.capture.snapshot()
+            self._send_json(200, snapshot)
         elif path in ROUTES:
             self._not_allowed()
         else:
@@ -232,6 +236,8 @@ class EdgeHandler(BaseHTTPRequestHandler):
             if self._content_length():
                 self.close_connection = True  # unread body: the connection cannot be reused
             self._reload()
+        elif path == "/feedback":
+            self._feedback()
         else:
             self._received()
             self._not_allowed()
@@ -261,9 +267,21 @@ class EdgeHandler(BaseHTTPRequestHandler):
         payload = verdict.to_json()
         bundle = inspector.bundle
         payload.update(revision=bundle.revision, model_sha256=bundle.model_sha256)
+        if self.server.capture is not None:  # line loop: the id an operator's verdict refers to
+            payload["item_id"] = line_loop.capture_verdict(self.server.capture, body, verdict,
+                                                           bundle)  # fmt: skip
         self.server.metrics.record("ok", (time.perf_counter() - t0) * 1000.0)
         self.server.metrics.record_decision(verdict.decision)
         self._send_json(200, payload)
+
+    def _feedback(self) -> None:
+        """POST /feedback (line loop): an operator's verdict on an item, token-protected."""
+        body = self._read_body()
+        if body is None:
+            return
+        self._received()
+        code, payload = line_loop.feedback(self.server, self.headers.get("Authorization"), body)
+        self._send_json(code, payload)
 
     def _reload(self) -> None:
         ok, reason = self.server.reload()

@@ -23,6 +23,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .capture import Capture
 from .handler import EdgeHandler
 from .infer import Inspector
 from .limits import Admission, Slots, Watchdog
@@ -95,8 +96,12 @@ class EdgeServer(ThreadingHTTPServer):
         state: ServingState,
         limits: ServerLimits | None = None,
         verbose: bool = False,
+        capture: Capture | None = None,
+        feedback_token: str | None = None,
     ) -> None:
         self.state = state
+        self.capture = capture  # line loop (capture.py): None when serve runs without --capture
+        self.feedback_token = feedback_token  # POST /feedback is refused while this is None
         self.limits = limits = limits or ServerLimits()
         self.metrics = Metrics()
         self.max_bytes = limits.max_bytes
@@ -138,6 +143,8 @@ class EdgeServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         self.watchdog.stop()
         super().server_close()
+        if self.capture is not None:
+            self.capture.close()  # write what is queued, flush the last stream segment
 
     def reload(self) -> tuple[bool, str]:
         ok, reason = self.state.reload()
@@ -179,6 +186,8 @@ def make_server(
     intra_op_threads: int | None = None,
     verbose: bool = False,
     limits: ServerLimits | None = None,
+    capture: Capture | None = None,
+    feedback_token: str | None = None,
 ) -> EdgeServer:
     """Verify the bundle and bind; raises BundleError if the bundle is not servable.
 
@@ -187,7 +196,10 @@ def make_server(
     """
     limits = limits or ServerLimits(max_bytes=max_bytes)
     state = ServingState(bundle_dir, intra_op_threads, max_pixels=limits.max_pixels)
-    return EdgeServer((host, port), state, limits=limits, verbose=verbose)
+    return EdgeServer(
+        (host, port), state, limits=limits, verbose=verbose, capture=capture,
+        feedback_token=feedback_token,
+    )  # fmt: skip
 
 
 def _install_signals(server: EdgeServer) -> None:
