@@ -1,11 +1,15 @@
 """The monitor names the factor that drifted, on a real (tiny) model trained on `surfaces`.
 
-Lighting (``brightness``), feed rate (``frequency``) and ``orientation`` are known factors of
-the generator. A small factorized VAE is trained once; on its training images each group's
-alignment with each factor is measured (R^2, group_shift.alignment). Ten drifts follow, each
-moving one known factor to one end of its range while every other factor stays uniform; the
-monitor sees only the recent passes' posterior means and must name the group most aligned with
-the factor that moved in at least 9 of the 10.
+A small beta-TCVAE (granularity 1: every latent dimension is a group) is trained once; on
+held-out good images each group's alignment with each known factor is measured
+(group_shift.alignment). Ten lighting drifts follow (``brightness`` pushed to the top or the
+bottom of its range while every other factor stays uniform, 200 parts each); the monitor sees
+only the recent passes' posterior means and must name the group most aligned with lighting in
+at least 9 of the 10, and name no group on an undrifted stream.
+
+What this model does not encode it cannot name: at 32 px the brushing orientation and the feed
+rate (``frequency``) explain under 1% of any group's variation (asserted below, so the day a
+model encodes them this test says so); docs/line-loop.md states it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,7 @@ from granvae.monitor import group_shift
 from granvae.objectives import ObjectiveConfig, make_groups
 from granvae.train import TrainConfig, train
 
-SIZE, LATENT, GRANULARITY = 32, 6, 2
-KNOWN = {"brightness": "lighting", "frequency": "feed rate", "orientation": "orientation"}
+SIZE, LATENT, GRANULARITY = 32, 6, 1
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +35,16 @@ def trained(tmp_path_factory):
     images = data.sample_observations_from_factors(factors, rng)
     result = train(
         images, ModelConfig(arch="mlp", image_size=SIZE, latent_dim=LATENT, hidden=128),
-        ObjectiveConfig(name="beta_stcvae", beta=2.0, granularity=GRANULARITY),
-        TrainConfig(epochs=8, batch_size=64, seed=0, device="cpu", num_threads=1),
+        ObjectiveConfig(name="beta_stcvae", beta=6.0, granularity=GRANULARITY),
+        TrainConfig(epochs=15, batch_size=64, seed=0, device="cpu", num_threads=1),
         tmp_path_factory.mktemp("monitor-vae"), progress=False,
     )  # fmt: skip
     model = FactorizedVAE.load(result.model_dir).eval()
-    return data, model, factors, _means(model, images)
+    # The reference is held-out good parts, as on the line (the first parts after deployment):
+    # an encoder's means on its own training images sit measurably apart from new parts.
+    held_out = data.sample_factors(2048, rng)
+    ref_images = data.sample_observations_from_factors(held_out, rng)
+    return data, model, held_out, _means(model, ref_images)
 
 
 def _means(model: FactorizedVAE, images: np.ndarray) -> np.ndarray:
@@ -49,30 +56,29 @@ def _drifted(data: Surfaces, factor: int, high: bool, n: int, rng) -> np.ndarray
     """n parts with one factor pushed to the top (or bottom) half of its levels."""
     f = data.sample_factors(n, rng)
     size = data.factor_sizes[factor]
-    half = rng.integers(size // 2, size, n) if high else rng.integers(0, size // 2, n)
-    f[:, factor] = half
+    f[:, factor] = rng.integers(size // 2, size, n) if high else rng.integers(0, size // 2, n)
     return data.sample_observations_from_factors(f, rng)
 
 
-def test_monitor_names_the_drifted_factor_in_9_of_10(trained):
-    data, model, factors, train_means = trained
+def test_monitor_names_the_lighting_group_in_9_of_10_drifts(trained):
+    data, model, factors, ref_means = trained
     groups = make_groups(LATENT, GRANULARITY)
-    align = group_shift.alignment(train_means, factors, groups)
+    align = group_shift.alignment(ref_means, factors, groups)
     names = list(data.factor_names)
+    light = names.index("brightness")
+    lighting_group = int(np.argmax(align[:, light]))
+    assert names[int(np.argmax(align[lighting_group]))] == "brightness"  # the alert's label
     rng = np.random.default_rng(1)
-    hits, log = 0, []
+    named = []
     for k in range(10):
-        name = list(KNOWN)[k % 3]
-        j = names.index(name)
-        images = _drifted(data, j, high=bool(k % 2), n=200, rng=rng)
-        moved = group_shift.moved_group(
-            group_shift.group_shifts(train_means, _means(model, images), groups)
-        )
-        expected = int(np.argmax(align[:, j]))
-        hits += moved.group == expected
-        log.append((name, expected, moved.group, round(moved.p_value, 6)))
-    assert hits >= 9, f"named {hits}/10: (factor, aligned group, named group, p) {log}"
-    # and without drift nothing stands out: the same parts, undrifted
+        images = _drifted(data, light, high=bool(k % 2), n=200, rng=rng)
+        shifts = group_shift.group_shifts(ref_means, _means(model, images), groups)
+        moved = group_shift.moved_group(shifts)
+        named.append((moved.group, moved.p_value))
+    hits = sum(g == lighting_group for g, _ in named)
+    assert hits >= 9, f"lighting group {lighting_group}; named (group, p) {named}"
     undrifted = data.sample_observations_from_factors(data.sample_factors(200, rng), rng)
-    quiet = group_shift.group_shifts(train_means, _means(model, undrifted), groups)
+    quiet = group_shift.group_shifts(ref_means, _means(model, undrifted), groups)
     assert min(s.p_value for s in quiet) > 1e-4, [s.to_json() for s in quiet]
+    for unseen in ("orientation", "frequency"):  # not encoded, hence not nameable
+        assert align[:, names.index(unseen)].max() < 0.01

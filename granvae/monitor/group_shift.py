@@ -9,8 +9,10 @@ Under no drift T_k is about chi-square with |G_k| degrees of freedom (Hotelling 
 training covariance taken as known), so each group has a p-value and the alert names the group
 with the smallest one. Why this names the right factor: when a factor f moves by delta and a
 group's means depend on f linearly, T_k / m = delta^2 R^2_k(f) / var(f), where R^2_k(f) is how
-well group k predicts f on training data (``alignment``); the group that moves most is the group
-most aligned with the factor that moved.
+well group k predicts f on training data; ``alignment`` measures that without assuming the
+code is linear (the correlation ratio). The group that moves most is the group most aligned
+with the factor that moved, when the model encodes that factor at all: a factor a model does
+not encode moves no group, and no latent test can name it (the score tests still fire).
 
 ``alignment`` needs the factors (known on generated data, e.g. surfaces: lighting is
 ``brightness``, feed rate ``frequency``); with it, a report can say "group 2 (brightness)".
@@ -81,22 +83,27 @@ def moved_group(shifts: list[GroupShift]) -> GroupShift:
 def alignment(
     train_means: np.ndarray, factors: np.ndarray, groups: list[list[int]]
 ) -> np.ndarray:
-    """R^2 of a linear fit of each factor from each group's means: (n_groups, n_factors).
+    """How much of each group's variation each factor explains: (n_groups, n_factors).
 
-    Circular factors (orientation) are only partly linear in any code; R^2 still ranks groups.
+    The multivariate correlation ratio tr(Sigma_k^-1 B_kj) / |G_k|, with B_kj the covariance of
+    the group's means across the levels of factor j: 1 when the factor's level fixes the
+    group's means, 0 when they do not depend on it. Unlike a linear R^2 it also credits codes
+    that bend (a brightness coded on a curve, an orientation on a circle).
     """
     means = _check(train_means, groups, "training means")
-    f = np.asarray(factors, dtype=np.float64)
+    f = np.asarray(factors)
     if f.ndim != 2 or f.shape[0] != means.shape[0]:
         raise ValueError(f"factors must be (n, F) with n={means.shape[0]}, got {f.shape}")
     out = np.zeros((len(groups), f.shape[1]))
     for k, dims in enumerate(groups):
-        x = np.column_stack([np.ones(len(means)), means[:, dims]])
+        z = means[:, dims]
+        centre = z.mean(axis=0)
+        cov = np.atleast_2d(np.cov(z, rowvar=False, bias=True)) + RIDGE * np.eye(len(dims))
         for j in range(f.shape[1]):
-            y = f[:, j]
-            if np.ptp(y) == 0:
-                continue
-            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-            resid = y - x @ coef
-            out[k, j] = 1.0 - resid.var() / y.var()
+            between = np.zeros((len(dims), len(dims)))
+            for level in np.unique(f[:, j]):
+                rows = f[:, j] == level
+                d = z[rows].mean(axis=0) - centre
+                between += rows.mean() * np.outer(d, d)
+            out[k, j] = float(np.trace(np.linalg.solve(cov, between))) / len(dims)
     return out

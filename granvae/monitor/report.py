@@ -4,7 +4,7 @@ The first ``baseline`` inspections of the current model are its reference (the p
 right after deployment: pass scores, latent means, invalid rate); everything after is tested.
 The alarm-rate CUSUM runs over the tested parts; the other tests look at the last ``window``
 of them. The alert names the latent group that moved most, and with an alignment table
-(group x factor R^2 from training, group_shift.alignment) the factor it stands for.
+(group x factor correlation ratio on training data, group_shift.alignment) the factor it stands for.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _name(k: int, alignment: np.ndarray | None, factor_names: list[str] | None) 
     if alignment is None or factor_names is None:
         return f"group {k}"
     j = int(np.argmax(alignment[k]))
-    return f"group {k} ({factor_names[j]}, R^2 {alignment[k, j]:.2f})"
+    return f"group {k} ({factor_names[j]}, alignment {alignment[k, j]:.2f})"
 
 
 def run_monitor(
