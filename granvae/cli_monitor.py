@@ -68,5 +68,26 @@ def monitor_cmd(
     raise typer.Exit(code=1 if report.fired else 0)
 
 
+def ingest_line_cmd(
+    landing: Annotated[Path, typer.Argument(help="landing zone that granvae-edge ship fills")],
+    into: Annotated[Path, typer.Option(help="MVTec-style folder that retrain --landing reads")],
+    height: Annotated[int | None, typer.Option(help="frame contract: image height")] = None,
+    width: Annotated[int | None, typer.Option(help="frame contract: image width")] = None,
+    eval_good_share: Annotated[float, typer.Option(help="share of goods kept for test")] = 0.2,
+) -> None:
+    """Add a line's shipped images to a landing folder: goods to train, operator-confirmed
+    defects to test/<class>, the rest kept out with counts (docs/line-loop.md)."""
+    from granvae.data.line_landing import ingest_landing
+
+    hw = (height, width) if height and width else None
+    try:
+        counts = ingest_landing(landing, into, expect_hw=hw, eval_good_share=eval_good_share)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code=2) from exc
+    print(json.dumps(counts))
+
+
 def add_commands(app: typer.Typer) -> None:
     app.command("monitor")(monitor_cmd)
+    app.command("ingest-line")(ingest_line_cmd)
