@@ -50,7 +50,7 @@ class CaptureConfig:
 
 
 def _utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _finite(x: Any) -> float | None:

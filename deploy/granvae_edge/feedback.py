@@ -59,7 +59,7 @@ def check_verdict(payload: dict[str, Any]) -> dict[str, Any]:
     if operator is not None and not isinstance(operator, str):
         raise FeedbackError("operator: must be a string")
     return {"verdict": kind, "defect_class": defect_class, "operator": operator,
-            "t": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+            "t": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
 
 
 def record_feedback(spool: str | Path, payload: dict[str, Any]) -> dict[str, Any]:
