@@ -73,6 +73,7 @@ class Capture:
         self._prefix = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.last_error: str | None = None  # the writer's last disk error, shown in /metrics
         self._pending: list[dict[str, Any]] = []
         self._segment_started = time.monotonic()
         self._segments = itertools.count()
@@ -168,4 +169,5 @@ class Capture:
             "counts": counts, "dropped": dict(self.spool.dropped),
             "evicted": dict(self.spool.evicted), "spool": self.spool.usage(),
             "queue": self._queue.qsize(), "recovered_at_start": self.spool.recovered,
+            "last_error": self.last_error,
         }  # fmt: skip
