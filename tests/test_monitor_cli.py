@@ -44,3 +44,26 @@ def test_monitor_flow_reports_on_a_real_prefect_api(tmp_path, prefect_harness):
     report = monitor_line(str(tmp_path), groups=[[0, 1], [2, 3]], baseline=1000, window=1000)
     assert report["fired"] and report["moved"]["group"] == 1
     assert "retrain_run_id" not in report  # no deployment named: report only
+
+
+def test_firing_monitor_starts_the_lines_retrain_deployment(tmp_path, prefect_harness):
+    """A real deployment on the harness API (no worker: the started run stays scheduled)."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from pipelines.monitor import monitor_line
+    from pipelines.schedule import scheduled_retrain
+
+    dep = scheduled_retrain.to_deployment(name="retrain-monitor-test")
+    dep_id = dep.apply()
+    _landing(tmp_path, 3000, drift_at=2000, rng=np.random.default_rng(3))
+    report = monitor_line(str(tmp_path), groups=[[0, 1], [2, 3]], baseline=1000, window=1000,
+                          retrain_deployment="scheduled-retrain/retrain-monitor-test")  # fmt: skip
+
+    async def read_run():
+        async with get_client() as client:
+            return await client.read_flow_run(report["retrain_run_id"])
+
+    run = run_coro_as_sync(read_run())
+    assert run.deployment_id == dep_id
+    assert {"monitor", "monitor:alarm rate"} <= set(run.tags)
