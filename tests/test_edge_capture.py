@@ -80,11 +80,9 @@ def test_submit_never_waits_for_a_stalled_disk(tmp_path):
     cap.spool.add_item = lambda *a: release.wait(10) and real_add(*a)  # a disk that hangs
     for _ in range(200):
         cap.submit(IMG, "reject", 9.0, 5.0)
-    stuck = not release.is_set()  # all 200 submits returned while the writer was still stuck
-    release.set()
+    release.set()  # the 200 submits all returned while the writer was stuck
     cap.close()
     counts = cap.snapshot()["counts"]
-    assert stuck
     assert counts["queue_full_reject"] >= 190  # a blocking put would have dropped none
     assert counts["inspected_reject"] + counts["queue_full_reject"] == 200
 
