@@ -296,12 +296,14 @@ def export_cmd(
 def _mount_command_groups() -> None:
     """Tracking and pipeline commands live in their own modules; both import lazily."""
     from granvae.cli_keys import add_commands as add_keys
+    from granvae.cli_monitor import add_commands as add_monitor
     from granvae.cli_pipeline import add_commands as add_pipeline
     from granvae.cli_tracking import add_commands as add_tracking
 
     add_tracking(app)
     add_pipeline(app)
     add_keys(app)
+    add_monitor(app)
     from granvae.stack.cli import app as stack_app
 
     app.add_typer(stack_app, name="stack")

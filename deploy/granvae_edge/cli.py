@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__, calibrate, heatmap, preprocess
+from . import __version__, calibrate, cli_line, heatmap, preprocess
 from .bundle import BundleError
 from .contract import InvalidFrame
 from .infer import Inspector
@@ -82,10 +82,14 @@ def _heatmap_path(out_dir: Path, image: Path, used: set[str]) -> Path:
     return out_dir / name
 
 
-def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: set[str]) -> dict:
+def _score_path(
+    inspector: Inspector, path: Path, heat_dir: Path | None, used: set[str], capture=None
+) -> dict:
     try:
         arr = inspector.prepare(path)
         verdict = inspector.score_batch([arr])[0]
+        if capture is not None:  # line loop: keep the file's own bytes with its record
+            item_id = cli_line.capture_scored(capture, path, verdict, inspector.bundle)
     except InvalidFrame as exc:
         return {"path": str(path), "verdict": "invalid", "check": exc.check, "error": str(exc)}
     except preprocess.InputError as exc:
@@ -93,6 +97,8 @@ def _score_path(inspector: Inspector, path: Path, heat_dir: Path | None, used: s
     except Exception as exc:  # a model failure on one image must not stop the stream
         return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
     line: dict[str, Any] = {"path": str(path), **verdict.to_json(inspector.show_group)}
+    if capture is not None:
+        line["item_id"] = item_id
     if heat_dir is not None:
         target = _heatmap_path(heat_dir, path, used)
         amap = inspector.normalised_map(verdict)
@@ -114,10 +120,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     used: set[str] = set()
     errors = 0
-    for path in preprocess.list_images(args.paths):
-        line = _score_path(inspector, path, heat_dir, used)
-        errors += "error" in line or "heatmap_error" in line
-        _emit(line)
+    try:
+        capture = cli_line.capture_from_args(args)
+    except (ValueError, OSError) as exc:
+        return _fail(f"bad capture option: {exc}", 2)
+    try:
+        for path in preprocess.list_images(args.paths):
+            line = _score_path(inspector, path, heat_dir, used, capture)
+            errors += "error" in line or "heatmap_error" in line
+            _emit(line)
+    finally:
+        if capture is not None:
+            capture.close()
     return 1 if errors else 0
 
 
@@ -205,13 +219,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             inflight=args.inflight, queue=args.queue, request_timeout_s=args.request_timeout,
             reload_interval_s=args.reload_interval,
         )  # fmt: skip
+        feedback_token = cli_line.token_from_args(args)
+        capture = cli_line.capture_from_args(args)
         server = make_server(
             args.bundle, args.host, args.port, intra_op_threads=args.threads,
             verbose=args.verbose, limits=limits, trust=_trust(args), token=token,
+            capture=capture, feedback_token=feedback_token,
         )  # fmt: skip
     except AuthError as exc:
         return _fail(str(exc), 2)
-    except ValueError as exc:  # a limit out of range
+    except ValueError as exc:  # a limit out of range, a bad capture option or token file
         return _fail(f"bad serve option: {exc}", 2)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc}", 2)
@@ -259,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="decoded pixels per image (default: from the model's input size)",
     )
+    cli_line.add_capture_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -341,7 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between accepted POST /reload; sooner ones get 429",
     )
     p.add_argument("--verbose", action="store_true", help="log every request")
+    cli_line.add_capture_options(p)
+    p.add_argument(
+        "--feedback-token-file",
+        default=None,
+        help="file holding the operators' Bearer token for POST /feedback "
+        "(default: the --token-file token)",
+    )
     p.set_defaults(func=cmd_serve)
+    cli_line.add_line_commands(sub)
     return parser
 
 

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from . import api
+from . import api, line_loop
 from .auth import RateGate, bearer_problem
 from .contract import InvalidFrame
 from .infer import Inspector
@@ -53,6 +53,8 @@ class EdgeApp(Protocol):
     verbose: bool
     token: str | None  # the Bearer token of mutating routes (auth.py); None on loopback
     reload_gate: RateGate
+    capture: Any  # capture.Capture, or None when serve runs without --capture (line loop)
+    feedback_token: str | None  # POST /feedback is refused while this is None
 
     def health(self) -> dict[str, Any]: ...
 
@@ -62,7 +64,7 @@ class EdgeApp(Protocol):
 DRAIN_LIMIT = 16 * 1024 * 1024
 DRAIN_SECONDS = 1.0
 ROUTES = {"/score": ("POST",), "/reload": ("POST",), "/healthz": ("GET", "HEAD"),
-          "/metrics": ("GET", "HEAD")}  # fmt: skip
+          "/metrics": ("GET", "HEAD"), "/feedback": ("POST",)}  # fmt: skip
 _STDLIB_ERRORS = {
     400: ("bad_request", "malformed HTTP request"),
     408: ("timeout", "request not received in time"),
@@ -254,7 +256,10 @@ class EdgeHandler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send_json(200, self.server.health())
         elif path == "/metrics":
-            self._send_json(200, self.server.metrics.snapshot())
+            snapshot = self.server.metrics.snapshot()
+            if self.server.capture is not None:
+                snapshot["capture"] = self.server.capture.snapshot()
+            self._send_json(200, snapshot)
         elif path in ROUTES:
             self._not_allowed()
         else:
@@ -273,6 +278,8 @@ class EdgeHandler(BaseHTTPRequestHandler):
             if self._refused_mutation():
                 return
             self._reload()
+        elif path == "/feedback":
+            self._feedback()
         else:
             self._received()
             self._not_allowed()
@@ -323,6 +330,9 @@ class EdgeHandler(BaseHTTPRequestHandler):
             return
         bundle = inspector.bundle
         payload.update(revision=bundle.revision, model_sha256=bundle.model_sha256)
+        if self.server.capture is not None:  # line loop: the id an operator's verdict refers to
+            payload["item_id"] = line_loop.capture_verdict(self.server.capture, body, verdict,
+                                                           bundle)  # fmt: skip
         self.server.metrics.record("ok", (time.perf_counter() - t0) * 1000.0)
         self.server.metrics.record_decision(verdict.verdict)
         self._send_json(200, payload)
@@ -335,6 +345,14 @@ class EdgeHandler(BaseHTTPRequestHandler):
             return False
         self._error(401, "unauthorized", problem, extra={"WWW-Authenticate": "Bearer"})
         return True
+    def _feedback(self) -> None:
+        """POST /feedback (line loop): an operator's verdict on an item, token-protected."""
+        body = self._read_body()
+        if body is None:
+            return
+        self._received()
+        code, payload = line_loop.feedback(self.server, self.headers.get("Authorization"), body)
+        self._send_json(code, payload)
 
     def _reload(self) -> None:
         wait = self.server.reload_gate.try_pass()

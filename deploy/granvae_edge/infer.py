@@ -46,6 +46,8 @@ class Verdict:
     top_group_share: float
     latency_ms: float
     anomaly_map: np.ndarray = field(repr=False, compare=False)
+    # Posterior means (for the line monitor's per-group shift); None when the graph has none.
+    latent_mean: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def verdict(self) -> str:
@@ -104,6 +106,10 @@ class Inspector:
         # Decoded-pixel cap per input: what one request may cost in memory before resizing.
         self.max_pixels = max_pixels or preprocess.default_max_pixels(self.image_spec)
         self.smoke_score: float | None = None
+        names = {o.name for o in self.bundle.session.get_outputs()}
+        self._outputs = ["score", "anomaly_map", "group_attribution"] + (
+            ["latent_mean"] if "latent_mean" in names and self.tiling is None else []
+        )
         if smoke_test:
             # A graph can load yet fail at run time (bad shapes inside); find out now.
             self.smoke_score = self.score_batch([preprocess.blank(self.image_spec)])[0].score
@@ -186,14 +192,16 @@ class Inspector:
         return verdicts
 
     def _run(self, batch: np.ndarray) -> list[Verdict]:
-        outputs = ["score", "anomaly_map", "group_attribution"]
         t0 = time.perf_counter()
-        score, amap, attribution = self.bundle.session.run(outputs, {self.spec["name"]: batch})
+        score, amap, attribution, *latent = self.bundle.session.run(
+            self._outputs, {self.spec["name"]: batch}
+        )
         per_item_ms = (time.perf_counter() - t0) * 1000.0 / len(batch)
         return [
             self._verdict(
-                float(np.asarray(score[i]).reshape(-1)[0]), attribution[i], amap[i], per_item_ms
-            )
+                float(np.asarray(score[i]).reshape(-1)[0]), attribution[i], amap[i], per_item_ms,
+                latent[0][i] if latent else None,
+            )  # fmt: skip
             for i in range(len(batch))
         ]
 
@@ -205,8 +213,9 @@ class Inspector:
         return self._verdict(result.score, result.attribution, result.anomaly_map, latency_ms)
 
     def _verdict(
-        self, value: float, attribution: np.ndarray, amap: np.ndarray, latency_ms: float
-    ) -> Verdict:
+        self, value: float, attribution: np.ndarray, amap: np.ndarray, latency_ms: float,
+        latent_mean: np.ndarray | None = None,
+    ) -> Verdict:  # fmt: skip
         top, share = _top_group(np.asarray(attribution).ravel())
         return Verdict(
             score=value,
@@ -217,6 +226,7 @@ class Inspector:
             top_group_share=share,
             latency_ms=latency_ms,
             anomaly_map=np.asarray(amap),
+            latent_mean=None if latent_mean is None else np.asarray(latent_mean).ravel(),
         )
 
     def score_one(self, item: bytes | str | Path | np.ndarray) -> Verdict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import RateGate, require_token_for
+from .capture import Capture
 from .handler import EdgeHandler
 from .infer import Inspector
 from .limits import Admission, Slots, Watchdog
@@ -103,12 +104,16 @@ class EdgeServer(ThreadingHTTPServer):
         limits: ServerLimits | None = None,
         verbose: bool = False,
         token: str | None = None,
+        capture: Capture | None = None,
+        feedback_token: str | None = None,
     ) -> None:
         self.state = state
         # --- auth (auth.py): the Bearer token of mutating routes and the reload rate gate ---
         require_token_for(address[0], token)
         self.token = token
         self.reload_gate = RateGate(limits.reload_interval_s if limits else 0.0)
+        self.capture = capture  # line loop (capture.py): None when serve runs without --capture
+        self.feedback_token = feedback_token  # POST /feedback is refused while this is None
         self.limits = limits = limits or ServerLimits()
         self.metrics = Metrics()
         self.max_bytes = limits.max_bytes
@@ -150,6 +155,8 @@ class EdgeServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         self.watchdog.stop()
         super().server_close()
+        if self.capture is not None:
+            self.capture.close()  # write what is queued, flush the last stream segment
 
     def reload(self) -> tuple[bool, str]:
         ok, reason = self.state.reload()
@@ -200,6 +207,8 @@ def make_server(
     limits: ServerLimits | None = None,
     trust: TrustStore | None = None,
     token: str | None = None,
+    capture: Capture | None = None,
+    feedback_token: str | None = None,
 ) -> EdgeServer:
     """Verify the bundle and bind; raises BundleError if the bundle is not servable.
 
@@ -209,7 +218,11 @@ def make_server(
     limits = limits or ServerLimits(max_bytes=max_bytes)
     require_token_for(host, token)  # before the bundle is loaded: refuse fast
     state = ServingState(bundle_dir, intra_op_threads, max_pixels=limits.max_pixels, trust=trust)
-    return EdgeServer((host, port), state, limits=limits, verbose=verbose, token=token)
+    # POST /feedback takes its own operator token when given, else the device token
+    return EdgeServer(
+        (host, port), state, limits=limits, verbose=verbose, token=token, capture=capture,
+        feedback_token=feedback_token or token,
+    )  # fmt: skip
 
 
 def _install_signals(server: EdgeServer) -> None:
