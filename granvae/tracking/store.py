@@ -25,6 +25,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from granvae.project import project_root
+
 T = TypeVar("T")
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -69,7 +71,7 @@ class TrackingSettings(BaseModel):
     """params.yaml `tracking:`; every field has an embedded, no-server default."""
 
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in `workdir`
-    workdir: Path = Field(default_factory=Path.cwd)
+    workdir: Path = Field(default_factory=project_root)  # the project, found walking up
     experiment: str = "granvae"
     model_name: str = "granvae-inspector"
     attempts: int = Field(4, ge=1)
