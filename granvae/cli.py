@@ -278,6 +278,9 @@ def export_cmd(
     from granvae.export.from_sweep import export_from_sweep
     from granvae.select import SelectionPolicy, load_rows, select
 
+    if not (sweep_dir / "results.json").is_file():
+        _fail(f"{sweep_dir}: no results.json here; give a finished sweep folder "
+              "(granvae sweep --out, or runs/retrain/sweeps/<key> after a retrain)")
     try:
         settings = load_settings(params, sets=set_)
         decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(settings.select))
