@@ -6,6 +6,9 @@ way it was started (CLI, schedule, test).
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from granvae.config import SettingsError, merge
@@ -49,6 +52,7 @@ def describe(summary: dict[str, Any]) -> str:
         f"report: {summary.get('report') or '-'}",
         f"registered version: {summary['links']['version']}",
         f"MLflow UI: {summary['ui']}",
+        f"store: {summary.get('tracking_uri', '-')}",
     ]
     if promo:
         lines.append(f"auto-promotion: {promo['reason']}")
@@ -74,6 +78,22 @@ def _checked(
         raise SettingsError(str(err)) from None
 
 
+def enter_project(*paths: str | None) -> list[str | None]:
+    """Run from the project folder (found walking up, granvae.project) so that its
+    params.yaml, its work folder and its MLflow store are the ones used, whatever
+    subfolder the command started in; paths the user typed are made absolute first."""
+    from granvae.project import find_project
+
+    here = Path.cwd().resolve()
+    root = find_project(here)
+    if root is None or root == here:
+        return list(paths)
+    fixed = [str(Path(p).resolve()) if p else None for p in paths]
+    print(f"project: {root} (found above {here}); running there", file=sys.stderr, flush=True)
+    os.chdir(root)
+    return fixed
+
+
 def retrain_main(
     params: str | None,
     profile: str | None,
@@ -87,6 +107,7 @@ def retrain_main(
     from pipelines.progress import retrain_progress
     from pipelines.runtime import prestart
 
+    params, landing, data_repo = enter_project(params, landing, data_repo)
     overrides = _checked(params, profile, landing, data_repo, dask_address, sets)
     run = load_run_config(params, profile, overrides)
     work = run.pipeline.work_dir
@@ -111,6 +132,7 @@ def schedule_main(
     """Check the config now (a bad option fails here, not at 2 a.m.), then serve."""
     from pipelines.runtime import prestart
 
+    params, landing, data_repo = enter_project(params, landing, data_repo)
     overrides = _checked(params, profile, landing, data_repo, dask_address, sets)
     prestart()
     from pipelines.schedule import serve

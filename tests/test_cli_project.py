@@ -64,3 +64,19 @@ def test_ui_refuses_a_busy_port(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert f"port {port} on 127.0.0.1 is busy" in result.output
     assert "MLflow UI on" not in result.output  # no success line before the refusal
+
+
+def test_retrain_from_a_subfolder_runs_in_the_project(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import enter_project
+
+    root = tmp_path / "line-b"
+    sub = root / "notes"
+    sub.mkdir(parents=True)
+    (root / "params.yaml").write_text("train: {epochs: 3}\n")
+    monkeypatch.chdir(sub)
+    params, landing, repo = enter_project("mine.yaml", None, "../repo")
+    assert Path.cwd() == root.resolve()  # work folder, store, data repo: the project's
+    assert (params, landing, repo) == (str(sub / "mine.yaml"), None, str(root / "repo"))
+    assert f"project: {root}" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # outside any project: stays where it is
+    assert enter_project("x.yaml") == ["x.yaml"] and Path.cwd() == tmp_path
