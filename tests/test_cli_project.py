@@ -23,8 +23,11 @@ def project(tmp_path, monkeypatch) -> Path:
     (root / "runs" / "notebooks").mkdir(parents=True)
     params = {"tracking": {"model_name": "line-a-inspector", "experiment": "line-a"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    Store(TrackingSettings(workdir=root)).experiment_id("line-a")  # creates mlflow.db
+    store = Store(TrackingSettings(workdir=root))
+    found = store.client.get_experiment(store.experiment_id("line-a"))  # creates mlflow.db
     assert (root / "mlflow.db").is_file()
+    # MLflow's UI opens this experiment on its runs, not on the GenAI traces overview
+    assert found.tags["mlflow.experimentKind"] == "custom_model_development"
     return root
 
 
