@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -142,6 +143,9 @@ def _on_interrupt(work_dir: Path) -> Callable[[int, FrameType | None], None]:
 @contextlib.contextmanager
 def stop_on_interrupt(work_dir: Path | str) -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM stop the run as above (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; its owner handles them
+        return
     handler = _on_interrupt(Path(work_dir).resolve())
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
