@@ -278,11 +278,11 @@ def export_cmd(
     from granvae.export.from_sweep import export_from_sweep
     from granvae.select import SelectionPolicy, load_rows, select
 
-    if not (sweep_dir / "results.json").is_file():
-        _fail(f"{sweep_dir}: no results.json here; give a finished sweep folder "
-              "(granvae sweep --out, or runs/retrain/sweeps/<key> after a retrain)")
     try:
         settings = load_settings(params, sets=set_)
+        if not (sweep_dir / "results.json").is_file():
+            _fail(f"{sweep_dir}: no results.json here; give a finished sweep folder "
+                  "(granvae sweep --out, or runs/retrain/sweeps/<key> after a retrain)")
         decision = select(load_rows(sweep_dir), SelectionPolicy.model_validate(settings.select))
         if candidate is None:
             if decision.winner is None:
