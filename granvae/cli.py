@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from granvae.cli_options import SetOpt
+
+HELP = (
+    "Retrain, select, export and register the factory's visual-inspection models. "
+    "Start with `granvae retrain --profile quick`; `granvae models` lists what is "
+    "registered; `granvae COMMAND --help` explains any command."
+)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
 data_app = typer.Typer(no_args_is_help=True, help="Make, load and check data sets.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -152,6 +159,7 @@ def train_cmd(
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     resume: Annotated[bool, typer.Option(help="continue from out/checkpoint.pt")] = True,
+    set_: SetOpt = None,
 ) -> None:
     """Train one candidate on the good training images; unset options come from params.yaml
     (the same model, objective and training settings `sweep` and `retrain` use)."""
@@ -167,7 +175,7 @@ def train_cmd(
         lr=lr, seed=seed, device=device,
     )  # fmt: skip
     try:
-        settings = load_settings(params, overrides)
+        settings = load_settings(params, overrides, set_)
         splits, meta = load_dataset(data)
         channels, size, _ = meta.observation_shape
         size = settings.tiling.tile or size
@@ -215,6 +223,7 @@ def sweep_cmd(
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="default: one per core")] = None,
     track: Annotated[bool, typer.Option(help="log runs to MLflow afterwards")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Train and evaluate every candidate of the granularity x capacity x seed grid."""
     from granvae.config import SettingsError, load_settings
@@ -231,7 +240,7 @@ def sweep_cmd(
     if epochs:
         overrides["train"] = {"epochs": epochs}
     try:
-        settings = load_settings(params, overrides)
+        settings = load_settings(params, overrides, set_)
         rows = run_sweep(settings, data, out)
     except (SettingsError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
@@ -270,6 +279,10 @@ def export_cmd(
     candidate: Annotated[str | None, typer.Option(help="default: the policy's winner")] = None,
     int8: Annotated[bool, typer.Option(help="ship int8 if it stays within tolerance")] = False,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="export a --candidate that fails the gates (loud warning)")
+    ] = False,
 ) -> None:
     """Export a candidate to a verified ONNX edge bundle (parity-gated)."""
     from granvae.config import SettingsError, load_settings
@@ -278,19 +291,39 @@ def export_cmd(
     from granvae.select import SelectionPolicy, load_rows, load_scores, select
 
     try:
+        settings = load_settings(params, sets=set_)
+        if not (sweep_dir / "results.json").is_file():
+            _fail(f"{sweep_dir}: no results.json here; give a finished sweep folder "
+                  "(granvae sweep --out, or runs/retrain/sweeps/<key> after a retrain)")
+        rows = load_rows(sweep_dir)
+        policy = SelectionPolicy.model_validate(settings.select)
+        decision = select(rows, policy, load_scores(sweep_dir, rows))
         if candidate is None:
-            settings = load_settings(params)
-            rows = load_rows(sweep_dir)
-            policy = SelectionPolicy.model_validate(settings.select)
-            decision = select(rows, policy, load_scores(sweep_dir, rows))
             if decision.winner is None:
                 _fail(f"no candidate passed the gates: {decision.why}")
             candidate = decision.winner
+        elif candidate not in decision.passed:
+            _refuse_failing(decision, candidate, force)
         result = export_from_sweep(sweep_dir, candidate, out, int8=int8)
     except (SettingsError, ExportError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     console.print(f"exported {candidate} ({result.precision}) to [bold]{result.bundle_dir}[/bold]")
     console.print(f"parity: {result.parity.describe()}")
+
+
+def _refuse_failing(decision, candidate: str, force: bool) -> None:
+    """A --candidate that fails the gates (a collapsed model, a slow one) is refused; with
+    --force it is exported under a loud warning naming the failed gates."""
+    ids = [r["candidate_id"] for r in decision.rows]
+    if candidate not in ids:
+        return  # export_from_sweep names an unknown candidate itself
+    row = decision.row(candidate)
+    failed = [g for g in decision.gates if row.get(g) == "FAIL"]
+    text = f"candidate {candidate} fails the gates ({'; '.join(failed)})"
+    if not force:
+        _fail(f"{text}; refusing to export it (pass --force to export it anyway)")
+    console.print(f"[bold red]WARNING:[/bold red] {text}; exporting anyway (--force)",
+                  soft_wrap=True)
 
 
 def _mount_command_groups() -> None:

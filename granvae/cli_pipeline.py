@@ -13,8 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from granvae.cli_options import SetOpt
+
 PARAMS_HELP = "params.yaml over the embedded defaults (default: ./params.yaml if present)"
-SET_HELP = "override any param, e.g. --set train.epochs=1 (repeatable)"
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path | None, typer.Option(help=PARAMS_HELP)]
@@ -29,7 +30,6 @@ RepoOpt = Annotated[
 DaskOpt = Annotated[
     str | None, typer.Option(help="tcp://scheduler:8786, or 'local' for a LocalCluster")
 ]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 
 
 def _fail(message: str) -> None:

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from granvae.cli_options import SetOpt
+
 console = Console()
 ParamsOpt = Annotated[Path | None, typer.Option("--params", help="params.yaml to read")]
 NameOpt = Annotated[str | None, typer.Option("--model-name", help="registered model name")]
@@ -27,7 +29,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code=code)
 
 
-def _settings(params: Path | None):
+def _settings(params: Path | None, sets: list[str] | None = None):
     """(Settings, TrackingSettings, SelectionPolicy) from params.yaml; errors name the field."""
     from pydantic import ValidationError
 
@@ -36,7 +38,7 @@ def _settings(params: Path | None):
     from granvae.tracking import TrackingSettings
 
     try:
-        settings = load_settings(params)
+        settings = load_settings(params, sets=sets)
         return (
             settings,
             TrackingSettings.model_validate(settings.tracking),
@@ -44,6 +46,24 @@ def _settings(params: Path | None):
         )
     except (SettingsError, ValidationError) as err:
         _fail(str(err))
+
+
+def _store(tracking, read_only: bool = False):
+    """The Store a command uses, announced on stderr (which store, found where); a command
+    that only reads refuses to create an empty embedded store (granvae.project)."""
+    from granvae.project import NoStoreHere, require_store
+    from granvae.tracking import Store
+    from granvae.tracking.store import resolve_uri
+
+    uri = resolve_uri(tracking)
+    if read_only:
+        try:
+            require_store(uri)
+        except NoStoreHere as err:
+            _fail(str(err))
+    where = f"project {tracking.workdir}" if uri.startswith("sqlite:") else "server"
+    Console(stderr=True).print(f"store: {uri} ({where})", soft_wrap=True, highlight=False)
+    return Store(tracking)
 
 
 def git_commit(start: Path | None = None) -> str | None:
@@ -73,12 +93,13 @@ def register_cmd(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment")] = None,
     data_version: Annotated[str | None, typer.Option(help="override sweep.json's")] = None,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Select the winner by the params.yaml policy and register it with alias challenger."""
     from granvae.select import decision_markdown, load_rows, load_scores, select, write_decision
-    from granvae.tracking import RegistrationRefused, Store, TrackingUnavailable, register_winner
+    from granvae.tracking import RegistrationRefused, TrackingUnavailable, register_winner
 
-    _, tracking, policy = _settings(params)
+    _, tracking, policy = _settings(params, set_)
     if not (sweep_dir / "results.json").is_file():
         _fail(f"{sweep_dir} has no results.json: not a finished sweep folder")
     rows = load_rows(sweep_dir)
@@ -95,7 +116,7 @@ def register_cmd(
     try:
         version = register_winner(
             sweep_dir, decision, name, bundle_dir=bundle, data_version=data_version,
-            git_commit=git_commit(), store=Store(tracking),
+            git_commit=git_commit(), store=_store(tracking),
             experiment=experiment or tracking.experiment,
         )  # fmt: skip
     except (RegistrationRefused, TrackingUnavailable) as err:
@@ -110,16 +131,17 @@ def promote_cmd(
     model_name: NameOpt = None,
     user: Annotated[str | None, typer.Option(help="recorded as who promoted")] = None,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Make a version champion: refused if it fails the gates or is not shown within
     promotion.margin of the champion's recall on the same images, unless --force --reason."""
-    from granvae.tracking import PromotionRefused, Store, TrackingUnavailable, promote
+    from granvae.tracking import PromotionRefused, TrackingUnavailable, promote
 
-    settings, tracking, policy = _settings(params)
+    settings, tracking, policy = _settings(params, set_)
     name = model_name or tracking.model_name
     try:
         rec = promote(name, version, force, reason, user or getpass.getuser(), policy,
-                      store=Store(tracking), rule=settings.promotion)  # fmt: skip
+                      store=_store(tracking, read_only=True), rule=settings.promotion)  # fmt: skip
     except (PromotionRefused, TrackingUnavailable) as err:
         _fail(str(err))
     forced = " [yellow](forced)[/yellow]" if rec.forced else ""
@@ -133,14 +155,16 @@ def rollback_cmd(
     model_name: NameOpt = None,
     user: Annotated[str | None, typer.Option(help="recorded as who rolled back")] = None,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Put the previous champion back (from the promotion history)."""
-    from granvae.tracking import PromotionRefused, Store, TrackingUnavailable, rollback
+    from granvae.tracking import PromotionRefused, TrackingUnavailable, rollback
 
-    _, tracking, _ = _settings(params)
+    _, tracking, _ = _settings(params, set_)
     name = model_name or tracking.model_name
     try:
-        rec = rollback(name, user or getpass.getuser(), reason, store=Store(tracking))
+        rec = rollback(name, user or getpass.getuser(), reason,
+                       store=_store(tracking, read_only=True))
     except (PromotionRefused, TrackingUnavailable) as err:
         _fail(str(err))
     console.print(f"{name}: champion is back to version {rec.to_version} (was {rec.from_version})")
@@ -155,28 +179,32 @@ def _cell(value: object) -> str:
 def models_cmd(
     model_name: NameOpt = None,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
     line: Annotated[str | None, typer.Option(help="one product line's model")] = None,
 ) -> None:
     """List the registered versions with their aliases and headline metrics."""
-    from granvae.tracking import Store, TrackingUnavailable, champion_check, list_versions
+    from granvae.tracking import TrackingUnavailable, champion_check, list_versions
 
-    _, tracking, policy = _settings(params)
+    _, tracking, policy = _settings(params, set_)
     name = model_name or _line_model(params, line) or tracking.model_name
     try:
-        store = Store(tracking)
+        store = _store(tracking, read_only=True)
         rows = list_versions(name, store=store)
         check = champion_check(name, policy, store=store)
     except TrackingUnavailable as err:
         _fail(str(err))
     cols = ("version", "aliases", "recall_at_far", "image_auroc", "elbo", "granularity", "beta",
             "data_version", "status")  # fmt: skip
-    table = Table(title=f"{name} ({len(rows)} versions)")
+    table = Table(title=f"{name} ({len(rows)} version{'' if len(rows) == 1 else 's'})")
     for col in cols:
         table.add_column(col)
     for row in rows:
         aliases = ", ".join(row["aliases"])
         table.add_row(*[aliases if c == "aliases" else _cell(row.get(c)) for c in cols])
     Console(width=max(console.width, 132)).print(table)  # readable when piped, too
+    if not rows:
+        console.print(f"no versions of {name} in this store yet: `granvae retrain` trains and "
+                      "registers one (or check --model-name / --line)", soft_wrap=True)
     if check:
         console.print(check, soft_wrap=True)
 
@@ -200,20 +228,26 @@ def ui_cmd(
     host: Annotated[str, typer.Option(help="loopback only")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 5000,
     params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Start the MLflow UI on the embedded store (or say where the real server's UI is)."""
+    from granvae.project import require_store
     from granvae.tracking import serve_ui
     from granvae.tracking.store import resolve_uri
+    from granvae.tracking.ui import check_port_free
 
-    _, tracking, _ = _settings(params)
+    _, tracking, _ = _settings(params, set_)
     uri = resolve_uri(tracking)
     if uri.startswith(("http://", "https://")):
         console.print(f"tracking goes to a server: open its UI at [bold]{uri}[/bold]")
         return
-    console.print(f"MLflow UI on [bold]http://{host}:{port}[/bold] (store: {uri}); Ctrl-C stops")
     try:
+        require_store(uri)  # a UI on an empty, new store shows nothing: say where it looked
+        check_port_free(host, port)
+        url = f"http://{host}:{port}"
+        console.print(f"MLflow UI on [bold]{url}[/bold] (store: {uri}); Ctrl-C stops")
         code = serve_ui(tracking.workdir, host, port)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     raise typer.Exit(code=code)
 

@@ -9,6 +9,7 @@ any folder trains the same model as `make run`, never a built-in fallback that d
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,15 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig
+from granvae.param_keys import apply_gate_sets, blame, parse_sets, unknown_keys
+from granvae.project import project_params
 from granvae.scoring.tiling import TilingConfig
 from granvae.train import TrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")  # the working folder's override, when present
 EMBEDDED_PARAMS = Path(__file__).resolve().parent / "params.yaml"
+# Top-level sections of params.yaml that pipelines/ reads and checks, not `Settings`.
+OTHER_SECTIONS = ("pipeline", "profiles")
 
 
 class DataConfig(BaseModel):
@@ -136,35 +141,128 @@ def params_source(path: Path | str | None = None) -> Path | None:
         if not source.is_file():
             raise SettingsError(f"{source}: params file not found")
         return source
-    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+    if DEFAULT_PARAMS.is_file():
+        return DEFAULT_PARAMS
+    return project_params()  # run from a subfolder: the project's params.yaml
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of settings (a file, a profile, --set); errors are blamed on it by label.
+
+    `origin` maps a dotted key to the exact text that set it (the --set item)."""
+
+    label: str
+    tree: dict[str, Any]
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def name_for(self, path: str) -> str:
+        """The --set item that set `path` (or the nearest key above it), else the label."""
+        hits = [k for k in self.origin if path == k or path.startswith(k + ".")]
+        parts = path.split(".")
+        while not hits and parts:  # select.gates.op was set as select.gates.<metric>.op
+            prefix = ".".join(parts)
+            hits = [k for k in self.origin if k.startswith(prefix + ".")]
+            parts.pop()
+        return self.origin[hits[0]] if hits else self.label
+
+
+def load_layers(path: Path | str | None = None) -> list[Layer]:
+    """[embedded params.yaml, the override file (`path` or ./params.yaml) if any]."""
+    embedded = _read_yaml(EMBEDDED_PARAMS) if EMBEDDED_PARAMS.is_file() else {}
+    layers = [Layer(f"{EMBEDDED_PARAMS} (embedded defaults)", embedded)]
+    source = params_source(path)
+    if source is not None and source.resolve() != EMBEDDED_PARAMS:
+        layers.append(Layer(str(source), _read_yaml(source)))
+    return layers
 
 
 def load_tree(path: Path | str | None = None) -> tuple[dict[str, Any], str]:
     """(embedded params.yaml <- the override file, a label naming the files read)."""
-    tree = _read_yaml(EMBEDDED_PARAMS) if EMBEDDED_PARAMS.is_file() else {}
-    source = params_source(path)
-    if source is None:
-        return tree, f"{EMBEDDED_PARAMS} (embedded defaults)"
-    if source.resolve() == EMBEDDED_PARAMS:
-        return tree, str(source)
-    return merge(tree, _read_yaml(source)), str(source)
+    layers = load_layers(path)
+    tree: dict[str, Any] = {}
+    for layer in layers:
+        tree = merge(tree, apply_gate_sets(tree, layer.tree))
+    return tree, layers[-1].label if path or len(layers) > 1 else layers[0].label
+
+
+def override_layers(
+    overrides: dict[str, Any] | None = None, sets: list[str] | None = None
+) -> list[Layer]:
+    """Typed command-line options, then `--set key.path=value` items (highest precedence)."""
+    layers = [Layer("command-line options", overrides)] if overrides else []
+    if sets:
+        try:
+            tree, origin = parse_sets(sets)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+        layers.append(Layer("--set", tree, origin))
+    return layers
 
 
 def load_settings(
-    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
 ) -> Settings:
-    """Embedded defaults <- params.yaml (`path` or ./params.yaml) <- overrides.
+    """Embedded defaults <- params.yaml (`path` or ./params.yaml) <- overrides <- --set.
 
-    Errors name the file and the field."""
-    tree, label = load_tree(path)
-    return settings_from_tree(merge(tree, overrides or {}), label)
+    Errors name the file (or the --set item) and the field."""
+    return settings_from_layers([*load_layers(path), *override_layers(overrides, sets)])
 
 
-def settings_from_tree(tree: dict[str, Any], label: str) -> Settings:
+def check_keys(layer: Layer, elsewhere: tuple[str, ...] = OTHER_SECTIONS) -> None:
+    """Refuse keys no schema declares, naming the layer and the closest valid key."""
+    tree = {k: v for k, v in layer.tree.items() if k not in elsewhere}
+    problems = unknown_keys(tree, [Settings], top=True)
+    if problems:
+        first = problems[0].split(":")[0]
+        raise SettingsError(f"{layer.name_for(first)}: {'; '.join(problems)}")
+
+
+def merge_layers(layers: list[Layer]) -> dict[str, Any]:
+    """Check each layer's keys, then merge them in order (gates set by name, see
+    granvae.param_keys.apply_gate_sets)."""
+    tree: dict[str, Any] = {}
+    for layer in layers:
+        check_keys(layer)
+        try:
+            tree = merge(tree, apply_gate_sets(tree, layer.tree))
+        except ValueError as err:
+            raise SettingsError(f"{layer.name_for('select.gates')}: {err}") from None
+    return tree
+
+
+def settings_from_layers(layers: list[Layer]) -> Settings:
+    return settings_from_tree(merge_layers(layers), layers[-1].label, layers)
+
+
+def settings_from_tree(
+    tree: dict[str, Any], label: str, layers: list[Layer] | None = None
+) -> Settings:
+    """Validate; each error is blamed on the layer that set the field (else `label`)."""
     try:
-        return Settings(**tree)
+        settings = Settings(**{k: v for k, v in tree.items() if k not in OTHER_SECTIONS})
+        if settings.select:
+            from granvae.select import SelectionPolicy
+
+            SelectionPolicy.model_validate(settings.select)  # fail now, not after the sweep
+        return settings
     except ValidationError as err:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise SettingsError(f"{label}: {fields}") from err
+        raise SettingsError(_describe(err, label, layers or [])) from err
+
+
+def _describe(err: ValidationError, label: str, layers: list[Layer]) -> str:
+    """'file-or---set: field: message; ...', grouped by the source that set each field."""
+    by_source: dict[str, list[str]] = {}
+    prefix = ("select",) if err.title == "SelectionPolicy" else ()
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        path = ".".join(str(p) for p in loc)
+        source = label
+        layer = blame(loc, [(ly.label, ly.tree) for ly in layers]) if layers else None
+        if layer is not None:
+            match = next(ly for ly in reversed(layers) if ly.label == layer)
+            source = match.name_for(".".join(str(p) for p in loc if not isinstance(p, int)))
+        by_source.setdefault(source, []).append(f"{path}: {e['msg']}")
+    return "; ".join(f"{src}: {'; '.join(msgs)}" for src, msgs in by_source.items())

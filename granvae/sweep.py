@@ -40,6 +40,7 @@ BY_CONFIG_JSON = "results_by_config.json"
 CANDIDATES = "candidates"
 EARLY_STOP_IMAGES = 512  # held-out good images early stopping evaluates each epoch; the rest of
 # the (larger) val split only calibrates thresholds, where its size buys the promised rate
+PROGRESS_FILE = "progress.json"  # {"epoch", "epochs"}: rewritten each epoch, read by retrain's bar
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def run_candidate(
             result = train(
                 splits["train"].images, model_cfg, objective, train_cfg, cdir,
                 progress=progress, val_images=splits["val"].images[:EARLY_STOP_IMAGES],
-                tiling=settings.tiling,
+                tiling=settings.tiling, on_epoch=_progress_writer(cdir, train_cfg.epochs),
             )  # fmt: skip
             if result.status != "finished":
                 return candidate_row(c, settings, "failed", result.reason)
@@ -158,6 +159,18 @@ def run_candidate(
         cdir.mkdir(parents=True, exist_ok=True)
         (cdir / "error.txt").write_text(traceback.format_exc())
         return candidate_row(c, settings, "failed", reason)
+
+
+def _progress_writer(cdir: Path, epochs: int):
+    """Leave epochs done on disk each epoch: the one thing a progress bar in another
+    process (the retrain CLI, candidates run in worker processes) can read."""
+
+    def on_epoch(epoch: int, _terms: dict) -> None:
+        tmp = cdir / f".{PROGRESS_FILE}.tmp"
+        tmp.write_text(json.dumps({"epoch": epoch, "epochs": epochs}))
+        os.replace(tmp, cdir / PROGRESS_FILE)
+
+    return on_epoch
 
 
 def default_workers(cfg: SweepConfig, device: str) -> int:

@@ -16,7 +16,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from granvae.config import Settings, SettingsError, load_tree, merge, settings_from_tree
+from granvae.config import (
+    Layer,
+    Settings,
+    SettingsError,
+    check_keys,
+    load_layers,
+    merge_layers,
+    override_layers,
+    settings_from_tree,
+)
+from granvae.param_keys import unknown_keys
 
 
 class PipelineConfig(BaseModel):
@@ -66,18 +76,29 @@ def load_run_config(
     params: str | Path | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
 ) -> RunConfig:
-    """Embedded params.yaml <- params (or ./params.yaml) <- profiles[profile] <- overrides.
+    """Embedded params.yaml <- params (or ./params.yaml) <- profiles[profile] <- overrides
+    <- --set items.
 
-    The same layering as every other granvae command (granvae.config.load_tree); unknown
-    profiles are named with the ones that exist."""
-    tree, label = load_tree(params)
+    The same layering as every other granvae command (granvae.config.load_layers); unknown
+    profiles are named with the ones that exist, unknown keys anywhere (every profile
+    included) with the closest valid key, a bad value with the layer that set it."""
+    layers = load_layers(params)
+    tree = merge_layers(layers)
     profiles = tree.get("profiles") or {}
+    label = layers[-1].label
+    for name, body in profiles.items():
+        check_profile(Layer(f"{label}: profiles.{name}", body or {}))
     if profile and profile not in profiles:
         raise SettingsError(f"{label}: no profile {profile!r}; known: {sorted(profiles)}")
-    combined = merge(profiles.get(profile, {}) if profile else {}, overrides or {})
-    merged = merge(tree, combined)
-    settings = settings_from_tree(merged, label)
+    if profile:
+        layers.append(Layer(f"{label}: profiles.{profile}", profiles[profile] or {}))
+    layers += override_layers(overrides, sets)
+    for layer in layers:
+        _check_pipeline_keys(layer)
+    merged = merge_layers(layers)
+    settings = settings_from_tree(merged, label, layers)
     try:
         pipeline = PipelineConfig(**(merged.get("pipeline") or {}))
     except ValidationError as err:
@@ -85,3 +106,20 @@ def load_run_config(
                            for e in err.errors())  # fmt: skip
         raise SettingsError(f"{label}: {fields}") from err
     return RunConfig(settings, pipeline, str(params) if params else None, profile)
+
+
+def check_profile(layer: Layer) -> None:
+    """A profile is a partial params tree: the same keys as params.yaml, no nesting."""
+    if not isinstance(layer.tree, dict):
+        raise SettingsError(f"{layer.label}: expected a mapping of sections")
+    check_keys(Layer(layer.label, {k: v for k, v in layer.tree.items() if k != "pipeline"}))
+    _check_pipeline_keys(layer)
+
+
+def _check_pipeline_keys(layer: Layer) -> None:
+    section = layer.tree.get("pipeline")
+    if isinstance(section, dict):
+        problems = unknown_keys(section, [PipelineConfig], "pipeline.")
+        if problems:
+            first = problems[0].split(":")[0]
+            raise SettingsError(f"{layer.name_for(first)}: {'; '.join(problems)}")

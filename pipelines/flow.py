@@ -11,6 +11,7 @@ Orchestration only: every number comes from granvae; this file moves paths and i
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from granvae.sweep import begin_sweep, candidate_grid, candidate_row
 from granvae.tracking.provenance import write_params
 from pipelines import artifacts, tasks
 from pipelines.config import RunConfig, load_run_config
+from pipelines.interrupt import resume_note
 from pipelines.runners import make_runner, runner_workers, torch_threads
 from pipelines.runtime import shared_api
 from pipelines.sweepdir import code_version, sweep_key
@@ -75,6 +77,14 @@ def _run_candidates(
         data_version,
         sweep_id=f"retrain-{sweep_dir.name}",
     )
+    print(
+        f"sweep: {len(cands)} candidates x up to {settings.train.epochs} epochs (early "
+        f"stopping may end one sooner), {workers} at a time, in {sweep_dir}",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+    note = resume_note(sweep_dir)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     remote = str(run.pipeline.dask or "").startswith("tcp")
     threads = None if remote else torch_threads(workers)
     shared = (settings, data_dir, str(sweep_dir), threads, data_version, run.digest(), code)
@@ -146,8 +156,12 @@ def retrain(
     clock["sweep"] = time.perf_counter()
     decision = tasks.select_winner(sweep_dir, dict(run.settings.select))
     artifacts.publish_leaderboard(artifacts.leaderboard(rows, decision.rows), decision.why)
-    if decision.winner is None:
-        raise RetrainRefused(f"no candidate passed the gates, nothing registered: {decision.why}")
+    if decision.winner is None:  # the report still shows why each candidate failed
+        try:
+            written = tasks.report(sweep_dir)
+        except Exception as err:  # noqa: BLE001 - the refusal matters more than the report
+            written = f"not written ({type(err).__name__}: {err})"
+        raise RetrainRefused(_nothing_passed(sweep_dir, written, decision.why))
     report_path = tasks.report(sweep_dir)
     tasks.dvc_metrics(sweep_dir, run.pipeline)
     shipped = _ship_stage(run, snap, sweep_dir, decision)
@@ -157,6 +171,16 @@ def retrain(
     artifacts.publish_summary(summary)
     log.info("retrain done: %s version %s", summary["model_name"], summary["version"])
     return summary
+
+
+def _nothing_passed(sweep_dir: str, report_path: str, why: str) -> str:
+    """One refusal line: what failed, nothing registered, where the gate table is."""
+    reason = why.removeprefix("no candidate passed the gates: ")
+    decision_md = Path(sweep_dir) / "decision.md"
+    return (
+        f"no candidate passed the gates, nothing registered ({reason}); "
+        f"gate table: {decision_md}; report: {report_path}"
+    )
 
 
 def _summary(

@@ -139,6 +139,12 @@ def test_best_candidate_follows_decision_then_recall_then_elbo(tmp_path: Path) -
         tmp_path / "decision.csv", index=False
     )
     assert pick_best(read_sweep(tmp_path))[0] == "g1-b1-d8-s0"
+    pd.DataFrame({"candidate_id": ["g1-b1-d8-s0", "g8-b8-d8-s0"], "rank": [None, None]}).to_csv(
+        tmp_path / "decision.csv", index=False
+    )  # selection ran and nothing passed: the pictured model is not called "best"
+    best, why = pick_best(read_sweep(tmp_path))
+    assert best == "g8-b8-d8-s0" and why.endswith("no candidate passed the gates (decision.md), "
+                                                  "so nothing ships")
 
 
 def test_all_failed_sweep_still_writes_a_report(surfaces_report: Path, tmp_path: Path) -> None:

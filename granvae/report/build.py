@@ -33,6 +33,7 @@ from granvae.report.pictures import (
 )
 from granvae.report.plots import figure_png, plot_elbo_vs_granularity, plot_metrics_vs_granularity
 from granvae.report.tables import (
+    NOTHING_PASSED,
     SweepView,
     class_recall_columns,
     g1_partner,
@@ -154,7 +155,10 @@ def _summary(view: SweepView, best: tuple[str, str] | None) -> str:
             )
         )
     else:
-        parts.append(H.note(f"Best candidate: {best[0]}, chosen as {best[1]}."))
+        gated_out = best[1].endswith(NOTHING_PASSED)
+        label = "Candidate pictured" if gated_out else "Best candidate"
+        text = f"{label}: {best[0]}, chosen as {best[1]}."
+        parts.append(H.note(text, "warn" if gated_out else "note"))
     return "\n".join(parts)
 
 
@@ -312,7 +316,10 @@ def _tables_section(page: Page, view: SweepView, best: str | None) -> None:
     elif view.decision is not None:
         page.sections.append(H.html_table(view.decision))
     else:
-        page.sections.append(H.note("No decision table yet (run the selection step)."))
+        page.sections.append(H.note(
+            "No decision table yet: `granvae register SWEEP` (or a retrain) selects and "
+            "writes decision.md beside results.csv."
+        ))  # fmt: skip
 
 
 def _load_data(page: Page, view: SweepView, data_dir: Path | str | None) -> Data | None:

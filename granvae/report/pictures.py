@@ -210,10 +210,10 @@ def candidate_reconstructions(c: LoadedCandidate, test: Split, meta: DatasetMeta
 
 def _decision_caption(name: str, score: float, threshold: float | None) -> tuple[str, str]:
     if threshold is None:
-        return f"{name}\nscore {score:.1f}", "black"
+        return f"{name}\nscore {score:.3g}", "black"
     if score > threshold:
-        return f"{name}\nscore {score:.1f} > {threshold:.1f}\nREJECT", "firebrick"
-    return f"{name}\nscore {score:.1f} ≤ {threshold:.1f}\nPASS", "darkgreen"
+        return f"{name}\nscore {score:.3g} > {threshold:.3g}\nREJECT", "firebrick"
+    return f"{name}\nscore {score:.3g} ≤ {threshold:.3g}\nPASS", "darkgreen"
 
 
 MAP_CEILING = 2.0  # threshold-scaled map value drawn at the top of the colour scale

@@ -150,6 +150,9 @@ def _decision_winner(decision: pd.DataFrame | None) -> str | None:
     return None
 
 
+NOTHING_PASSED = "no candidate passed the gates (decision.md), so nothing ships"
+
+
 def pick_best(view: SweepView) -> tuple[str, str] | None:
     """(candidate_id, why): the selection policy's winner, else best recall, else best ELBO.
 
@@ -169,6 +172,8 @@ def pick_best(view: SweepView) -> tuple[str, str] | None:
             ranked = finished.assign(_v=pd.to_numeric(finished[metric], errors="coerce"))
             keys = ["_v", "elbo"] if "elbo" in ranked else ["_v"]  # ELBO breaks recall ties
             ranked = ranked.sort_values(keys, ascending=False, na_position="last", kind="stable")
+            if view.decision is not None:  # selection ran and nothing passed its gates
+                why = f"{why}, shown for reference only: {NOTHING_PASSED}"
             return str(ranked["candidate_id"].iloc[0]), why
     return None
 

@@ -134,6 +134,9 @@ def start_prefect(state: StackState) -> int:
            "--port", str(state.ports["prefect"])]  # fmt: skip
     env = prefect_env(state)
     env.pop("PREFECT_API_URL", None)  # the server itself needs none
+    # The UI asks /ui-settings where the API is; unset, that answers port 4200 whatever
+    # --port says, and the UI cannot connect.
+    env["PREFECT_UI_API_URL"] = state.prefect_api
     return _launch(state, "prefect", cmd, env, lambda: prefect_ready(state), 240)
 
 

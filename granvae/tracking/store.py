@@ -25,6 +25,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
+from granvae.project import project_root
+
 T = TypeVar("T")
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -69,13 +71,17 @@ class TrackingSettings(BaseModel):
     """params.yaml `tracking:`; every field has an embedded, no-server default."""
 
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in `workdir`
-    workdir: Path = Field(default_factory=Path.cwd)
+    workdir: Path = Field(default_factory=project_root)  # the project, found walking up
     experiment: str = "granvae"
     model_name: str = "granvae-inspector"
     attempts: int = Field(4, ge=1)
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(4.0, ge=0)
     http_timeout_s: int = Field(30, ge=1)
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def embedded_uri(workdir: Path | str) -> str:
@@ -153,13 +159,21 @@ class Store:
         """Get or create; embedded experiments keep their artifacts in <workdir>/mlartifacts."""
         found = self.call("get experiment", self.client.get_experiment_by_name, name)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in (found.tags or {}):  # made before the tag existed
+                self.call("tag experiment", self.client.set_experiment_tag,
+                          found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)  # fmt: skip
             return found.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             root = embedded_artifacts(self.settings.workdir)
             location = (root / name.replace("/", "_")).as_uri()
         try:
-            return self.call("create experiment", self.client.create_experiment, name, location)
+            # The kind tag makes MLflow 3's UI open the experiment on its training runs,
+            # not on an empty GenAI "Traces" overview.
+            return self.call(
+                "create experiment", self.client.create_experiment, name, location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )  # fmt: skip
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,21 @@ def ui_command(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 5
     ]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a busy port before starting: the MLflow server would fail to bind while the
+    links printed elsewhere open whatever already listens there (another store)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise ValueError(
+                f"port {port} on {host} is busy ({reason}): another server (maybe another "
+                f"`granvae ui` on another store) listens there; stop it or pass --port"
+            ) from None
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Stop the server's whole process group (it forks a uvicorn worker), then reap it."""
     try:
@@ -69,6 +85,7 @@ def serve_ui(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 500
     (not only a terminal's Ctrl-C, which reaches the whole foreground group) takes it down.
     """
     cmd = ui_command(workdir, host, port)
+    check_port_free(host, port)
     embedded_artifacts(workdir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: unused

@@ -102,6 +102,16 @@ def test_stack_status_answers_for_every_service(stack: StackState) -> None:
     assert "pg_password" not in proc.stdout and stack.pg_password not in proc.stdout
 
 
+def test_prefect_ui_is_told_the_real_api_port(stack: StackState) -> None:
+    """The UI reads /ui-settings to find the API; port 4200 there left it unconnected."""
+    import urllib.request
+
+    base = stack.prefect_api.removesuffix("/api")
+    with urllib.request.urlopen(f"{base}/ui-settings", timeout=30) as resp:
+        settings = json.loads(resp.read())
+    assert settings["api_url"] == stack.prefect_api
+
+
 def _deploy_lines(stack: StackState, params_file: Path) -> dict[str, dict]:
     from pipelines.deployment import deploy_retrain
 
