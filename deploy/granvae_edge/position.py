@@ -8,18 +8,22 @@ and its score is the maximum (or top-k mean) of the standardised map.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import registration
+from .bundle import BundleError
 
 STATS_FILE = "position_stats.npz"
 REDUCES = ("max", "topk")
 
 
-class PositionStatsError(ValueError):
+class PositionStatsError(BundleError):
     """The shipped statistics file is missing a field or does not fit the bundle."""
 
 
@@ -33,7 +37,7 @@ class PositionStats:
     topk: int
 
     @classmethod
-    def load(cls, path: Path | str) -> PositionStats:
+    def load(cls, path: Path | str | io.BytesIO) -> PositionStats:
         """Read and check the .npz (no pickle): three (H, W) arrays of one shape, spread > 0."""
         try:
             with np.load(path, allow_pickle=False) as f:
@@ -72,3 +76,37 @@ class PositionStats:
         k = min(self.topk, flat.size)
         top = np.partition(flat, flat.size - k)[flat.size - k :]
         return float(top.astype(np.float64).mean())
+
+
+def load_for_bundle(directory: Path, manifest: dict[str, Any]) -> PositionStats | None:
+    """The bundle's statistics if its manifest has a ``position`` block ({"file", "sha256"}),
+    verified against the hash before use (the bytes hashed are the bytes read); else None."""
+    block = manifest.get("position")
+    if block is None:
+        return None
+    tiling = manifest.get("tiling")
+    if tiling is None:
+        raise PositionStatsError("manifest field 'position' needs a 'tiling' block: position "
+                                 "statistics are full-size maps of a tiled bundle")  # fmt: skip
+    if not isinstance(block, dict) or not isinstance(block.get("file"), str):
+        raise PositionStatsError("manifest field 'position.file' must be a file name")
+    name, sha = block["file"], str(block.get("sha256", ""))
+    if not name or Path(name).name != name:
+        raise PositionStatsError("manifest field 'position.file' must be a plain file name")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+        raise PositionStatsError("manifest field 'position.sha256' must be 64 hex characters")
+    path = directory / name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PositionStatsError(f"cannot read {path}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha.lower():
+        raise PositionStatsError(f"sha256 mismatch for {path}: file has {digest}, manifest "
+                                 f"says {sha}")  # fmt: skip
+    stats = PositionStats.load(io.BytesIO(data))
+    expected = (int(tiling["image_height"]), int(tiling["image_width"]))
+    if stats.mean.shape != expected:
+        raise PositionStatsError(f"{path}: statistics are {stats.mean.shape} but the tiling "
+                                 f"block's image is {expected}")  # fmt: skip
+    return stats

@@ -40,6 +40,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+POSITION_FILE = "position_stats.npz"  # granvae.scoring.position.STATS_FILE
 STATS_FILE = "score_stats.npz"  # the good-image statistics baked into the graph, for audit
 COLOR_MODES = {1: "L", 3: "RGB"}
 SCORE_NAME = "neg_elbo"
@@ -144,6 +145,7 @@ def build_manifest(
     calibrated_on: str | None = None,
     scoring: Mapping[str, Any] | None = None,
     tiling: Mapping[str, Any] | None = None,
+    position: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file).
 
@@ -163,6 +165,8 @@ def build_manifest(
         raise ValueError(f"the ONNX graph lacks outputs {missing}")
     created = _now()
     extra = {"tiling": dict(tiling)} if tiling else {}
+    if position:  # granvae.scoring.position statistics shipped beside a tiled model
+        extra["position"] = dict(position)
     return _json_safe(
         {
             **extra,
@@ -201,7 +205,11 @@ def _fsync(path: Path) -> None:
 
 
 def _assemble(
-    tmp: Path, onnx_path: Path, fields: dict[str, Any], stats_path: Path | None
+    tmp: Path,
+    onnx_path: Path,
+    fields: dict[str, Any],
+    stats_path: Path | None,
+    position_path: Path | None = None,
 ) -> dict[str, Any]:
     """Copy the model (and score statistics) in, hash *the copies*, write the manifest."""
     model = tmp / MODEL_FILE
@@ -213,6 +221,11 @@ def _assemble(
         _fsync(shipped)
         fields["scoring"] = {**fields["scoring"], "stats_file": STATS_FILE,
                              "stats_sha256": sha256_file(shipped)}  # fmt: skip
+    if position_path is not None:
+        shipped = tmp / POSITION_FILE
+        shutil.copyfile(position_path, shipped)
+        _fsync(shipped)
+        fields["position"] = {"file": POSITION_FILE, "sha256": sha256_file(shipped)}
     manifest = build_manifest(model, **fields)
     text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
     (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
@@ -236,13 +249,21 @@ def write_bundle(
     scoring: Mapping[str, Any] | None = None,
     stats_path: Path | str | None = None,
     tiling: Mapping[str, Any] | None = None,
+    position_path: Path | str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/{model.onnx, manifest.json}`` atomically; return the manifest.
+
+    ``position_path``: a granvae.scoring.position statistics file (tiled bundles), shipped
+    as POSITION_FILE and hashed in the manifest's ``position`` block; the threshold must
+    then be one calibrated on position scores.
 
     ``threshold`` is a ``Threshold`` or its dict (extra keys ``score``,
     ``calibrated_on``, ``date`` are kept); ``calibrated_on`` overrides it.
     Metrics that are NaN are written as null (strict JSON for the device).
     """
+    if position_path is not None and not tiling:
+        raise ValueError("position_path is set but tiling is not: position statistics are "
+                         "full-size maps of a tiled bundle")  # fmt: skip
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
@@ -262,7 +283,9 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is served to devices
-        manifest = _assemble(tmp, Path(onnx_path), fields, Path(stats_path) if stats_path else None)
+        manifest = _assemble(tmp, Path(onnx_path), fields,
+                             Path(stats_path) if stats_path else None,
+                             Path(position_path) if position_path else None)  # fmt: skip
         if out_dir.exists() and not overwrite:
             raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
         swap_dir_into_place(tmp, out_dir)
