@@ -82,11 +82,13 @@ def make_maps(args, out: Path) -> dict[str, np.ndarray]:
 
 def evaluate(d: dict[str, np.ndarray]) -> list[dict]:
     labels, masks = d["test_labels"], d["test_masks"]
-    fit_images, fit_maps = d["train_images"], d["train_maps"].astype(np.float32)
+    fit_images = d["train_images"][:POSITION_FIT]
+    fit_maps = d["train_maps"][:POSITION_FIT].astype(np.float32)
     val_maps, test_maps = d["val_maps"].astype(np.float32), d["test_maps"].astype(np.float32)
     reference = registration.gray(fit_images[0])
     t0 = time.perf_counter()
-    motions = {k: position.motions(reference, d[f"{k}_images"]) for k in ("train", "val", "test")}
+    motions = {"train": position.motions(reference, fit_images)}
+    motions.update({k: position.motions(reference, d[f"{k}_images"]) for k in ("val", "test")})
     reg_ms = 1000 * (time.perf_counter() - t0) / sum(len(m) for m in motions.values())
     scored = {"tiles": (val_maps.reshape(len(val_maps), -1).max(1),
                         test_maps.reshape(len(test_maps), -1).max(1), test_maps)}  # fmt: skip
