@@ -105,7 +105,7 @@ def evaluate(d: dict[str, np.ndarray]) -> list[dict]:
             "recall": float(np.mean(t[labels > 0] > thr)),
             "observed_far": float(np.mean(t[labels == 0] > thr)),
             "pixel_auroc": pixel_auroc(maps, masks),
-            "registration_ms": reg_ms if "position" in name else 0.0,
+            "registration_ms": reg_ms if POSITION_VARIANTS.get(name, {}).get("register") else 0.0,
         })  # fmt: skip
     return rows
 
