@@ -33,10 +33,24 @@ from granvae.data.synthetic_defects import (  # noqa: E402
     SyntheticParams,
     synthetic_set,
 )
+from granvae.models import FactorizedVAE  # noqa: E402
+from granvae.objectives import make_groups  # noqa: E402
 from granvae.peers import PEERS  # noqa: E402
-from granvae.scoring import score_all_rules  # noqa: E402
+from granvae.scoring import InspectionHead, fit_head, score_all_rules  # noqa: E402
 from granvae.synthetic_choice import CandidateScores, choose_rule  # noqa: E402
 from pipelines.cli import parse_sets  # noqa: E402
+
+
+def trained_head(splits: dict, settings, args, out: Path) -> InspectionHead:
+    """The benchmark's granvae model; with --reuse the one a previous run left under --out."""
+    model_dir = out / f"seed{args.seed}" / "model"
+    if not (args.reuse and model_dir.is_dir()):
+        return bench.train_vae(splits, settings, args.seed, out)[0]
+    model = FactorizedVAE.load(model_dir).eval()
+    groups = make_groups(model.config.latent_dim, settings.objective.granularity)
+    head = InspectionHead(model, groups, score="neg_elbo")
+    fit_head(head, splits["train"].images)
+    return head
 
 
 def candidates_for(name: str, args, settings, out: Path) -> dict[str, CandidateScores]:
@@ -62,7 +76,7 @@ def candidates_for(name: str, args, settings, out: Path) -> dict[str, CandidateS
         peer.fit(splits["train"].images)
         add(peer_name, peer.score(splits["val"].images).scores, peer.score(synth).scores,
             peer.score(real).scores)  # fmt: skip
-    head, _ = bench.train_vae(splits, settings, args.seed, out / name)
+    head = trained_head(splits, settings, args, out / name)
     val, syn, rl = (score_all_rules(head, x) for x in (splits["val"].images, synth, real))
     for rule in val:
         add(f"granvae:{rule}", val[rule], syn[rule], rl[rule])
@@ -80,6 +94,7 @@ def main() -> None:
     ap.add_argument("--size-max", type=float, default=0.25)
     ap.add_argument("--set", action="append", default=[], help="params override key=value")
     ap.add_argument("--out", default="runs/bench-synthetic")
+    ap.add_argument("--reuse", action="store_true", help="score the models already under --out")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +117,8 @@ def main() -> None:
             lines.append(f"| {name} | {e.name}{mark} | {e.synthetic_recall:.3f} | "
                          f"{e.real_recall:.3f} | {e.gap:+.3f} | {per} |")  # fmt: skip
         chosen = choice.estimate(choice.best)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (out / "table.md").write_text("\n".join(lines) + "\n")
         bench.console.log(
             f"{name}: chose {choice.best} (synthetic {chosen.synthetic_recall:.3f}, "
             f"real {chosen.real_recall:.3f}; best real {best_real:.3f})"
