@@ -9,6 +9,9 @@ its surface, as a camera framing the surface would) are scored four ways on the 
 splits, with the same 1% false-alarm threshold rule:
 
     granvae:tiles      a model trained on random 64-px tiles; scoring stitches a tile grid
+    granvae:tiles+position  the same tile model's stitched map standardised per pixel by
+                       good parts' mean and spread on a reference frame each part is
+                       registered to (granvae.scoring.position); and its ablations
     granvae:resize64   a whole-image model on the parts resized to 64 px (the old import),
                        trained for the same number of optimiser steps
     <peer>@64          the peers on the resized parts
@@ -31,7 +34,7 @@ from granvae.data.generate import generate
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
 from granvae.peers import PEERS
-from granvae.scoring import build_head, score_images
+from granvae.scoring import build_head, position, registration, score_images
 from granvae.scoring.tiling import TilingConfig
 from granvae.train import train
 
@@ -67,13 +70,46 @@ def _train_and_score(splits, settings, seed, out, tiling: TilingConfig | None, e
     head = build_head(model, groups, settings.evaluation.score, images,
                       settings.evaluation.smooth_sigma, settings.evaluation.topk_frac,
                       tiling=geometry)  # fmt: skip
-    val = score_images(head, splits["val"].images)["score"]
+    val = score_images(head, splits["val"].images)
     t0 = time.perf_counter()
     test = score_images(head, splits["test"].images)
     ms = 1000 * (time.perf_counter() - t0) / len(splits["test"])
     steps = result.epochs_completed * (len(images) * (tiling.tiles_per_image if tiling else 1)
                                        // cfg.batch_size)  # fmt: skip
-    return val, test, train_s, ms, steps
+    if tiling is not None:  # the position-aware path reads the full-size maps
+        fit_maps = score_images(head, images[:POSITION_FIT])["anomaly_map"]
+        test["position"] = position_rows(images[:POSITION_FIT], fit_maps, splits, val, test)
+    return val["score"], test, train_s, ms, steps
+
+
+POSITION_FIT = 128  # good training parts whose maps give the per-pixel statistics
+# name -> position.fit settings; the first is the default, the others its ablations
+POSITION_VARIANTS = {
+    "tiles+position": {"register": True, "dilate": 2},
+    "tiles+position (no registration)": {"register": False, "dilate": 2},
+    "tiles+position (no dilation)": {"register": True, "dilate": 0},
+}
+
+
+def position_rows(fit_images, fit_maps, splits, val: dict, test: dict) -> dict[str, tuple]:
+    """{variant: (val scores, test scores, test z-maps, ms per part)}: the stitched maps
+    standardised per pixel by good parts' statistics (granvae.scoring.position), each
+    part's motion onto the reference estimated once and shared by the variants."""
+    reference = registration.gray(fit_images[0])
+    t0 = time.perf_counter()
+    motions = {name: position.motions(reference, x) for name, x in
+               (("fit", fit_images), ("val", splits["val"].images),
+                ("test", splits["test"].images))}  # fmt: skip
+    reg_ms = 1000 * (time.perf_counter() - t0) / sum(len(m) for m in motions.values())
+    out = {}
+    for name, kw in POSITION_VARIANTS.items():
+        stats = position.fit(fit_images, fit_maps, rigids=motions["fit"], **kw)
+        v, _ = position.apply(stats, splits["val"].images, val["anomaly_map"], motions["val"])
+        t0 = time.perf_counter()
+        t, z = position.apply(stats, splits["test"].images, test["anomaly_map"], motions["test"])
+        ms = 1000 * (time.perf_counter() - t0) / len(t) + (reg_ms if kw["register"] else 0.0)
+        out[name] = (v, t, z, ms)
+    return out
 
 
 def framed(n_train: int, n_val: int, n_test: int, size: int, defect_px: float) -> dict:
@@ -130,11 +166,17 @@ def bench_highres(args, settings, out: Path, bench) -> list[dict]:
 
     tiling = settings.tiling if settings.tiling.tile else TilingConfig(tile=SMALL)
     runs = {"tiles": ([], [], [], [], []), "resize64": ([], [], [], [], [])}
+    runs.update({name: ([], [], [], [], []) for name in POSITION_VARIANTS})
     for seed in args.seeds:
         v, t, s, ms, steps = _train_and_score(full, settings, seed, out / f"tiles-s{seed}",
                                               tiling, settings.train.epochs)  # fmt: skip
         for store, value in zip(runs["tiles"], (v, t, s, ms, t["anomaly_map"]), strict=True):
             store.append(value)
+        for variant, (pv, pt, pz, pms) in t.pop("position").items():
+            shown = pz if seed == args.seeds[0] else None  # one seed's maps are shown
+            for store, value in zip(runs[variant], (pv, {"score": pt}, s, ms + pms, shown),
+                                    strict=True):  # fmt: skip
+                store.append(value)
         # the same optimiser steps for the whole-image model (it sees 1 image, not k tiles)
         epochs = max(1, steps // max(1, len(small["train"]) // settings.train.batch_size))
         v, t, s, ms, _ = _train_and_score(small, settings, seed, out / f"resize-s{seed}",
@@ -143,9 +185,9 @@ def bench_highres(args, settings, out: Path, bench) -> list[dict]:
             store.append(value)
     for method, (vals, tests, secs, mss, maps) in runs.items():
         scored = bench.Scored(vals, [t["score"] for t in tests], None)
-        shown = maps[0] if method == "tiles" else upsample(maps[0], size)
+        shown = upsample(maps[0], size) if method == "resize64" else maps[0]
         extra = {"seeds": len(args.seeds)}
-        if method == "tiles":
+        if method != "resize64":
             extra["tiling"] = f"tile {tiling.tile}, stride {tiling.stride or tiling.tile}"
         add(f"granvae:{method}", scored, shown, float(np.mean(secs)), float(np.mean(mss)), extra)
     return rows

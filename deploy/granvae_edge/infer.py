@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import preprocess, tiled
+from . import position, preprocess, tiled
 from .bundle import Bundle, load_bundle
 from .contract import NO_CONTRACT, FrameContract
 from .signature import TrustStore
@@ -103,6 +103,8 @@ class Inspector:
         self.show_group = bool(
             isinstance(attribution, dict) and attribution.get("significant") is True
         )
+        # Parts in fixtures: the stitched map standardised per pixel on a registered frame.
+        self.position = position.load_for_bundle(self.bundle.directory, self.bundle.manifest)
         # Decoded-pixel cap per input: what one request may cost in memory before resizing.
         self.max_pixels = max_pixels or preprocess.default_max_pixels(self.image_spec)
         self.smoke_score: float | None = None
@@ -209,8 +211,12 @@ class Inspector:
         assert self.tiling is not None
         t0 = time.perf_counter()
         result = tiled.score_image(self.bundle.session, self.spec["name"], self.tiling, image)
+        value, amap = result.score, result.anomaly_map
+        if self.position is not None:
+            amap = self.position.standardised(image, amap)
+            value = self.position.score(amap)
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        return self._verdict(result.score, result.attribution, result.anomaly_map, latency_ms)
+        return self._verdict(value, result.attribution, amap, latency_ms)
 
     def _verdict(
         self, value: float, attribution: np.ndarray, amap: np.ndarray, latency_ms: float,

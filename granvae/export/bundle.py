@@ -46,6 +46,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+POSITION_FILE = "position_stats.npz"  # granvae.scoring.position.STATS_FILE
 STATS_FILE = "score_stats.npz"  # the good-image statistics baked into the graph, for audit
 COLOR_MODES = {1: "L", 3: "RGB"}
 SCORE_NAME = "neg_elbo"
@@ -159,6 +160,7 @@ def build_manifest(
     tiling: Mapping[str, Any] | None = None,
     frame_contract: Mapping[str, Any] | None = None,
     attribution: Mapping[str, Any] | None = None,
+    position: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest dict for ``onnx_path`` (hash, spec and opset read from the file).
 
@@ -183,6 +185,8 @@ def build_manifest(
         raise ValueError(f"the ONNX graph lacks outputs {missing}")
     created = _now()
     extra: dict[str, Any] = {"tiling": dict(tiling)} if tiling else {}
+    if position:  # granvae.scoring.position statistics shipped beside a tiled model
+        extra["position"] = dict(position)
     if frame_contract:
         extra["frame_contract"] = dict(frame_contract)
     extra["attribution"] = dict(attribution or {"significant": False, "p_value": None})
@@ -230,6 +234,7 @@ def _assemble(
     fields: dict[str, Any],
     stats_path: Path | None,
     signing_key: Ed25519PrivateKey | None,
+    position_path: Path | None = None,
 ) -> dict[str, Any]:
     """Copy the model (and score statistics) in, hash *the copies*, write and sign the manifest."""
     model = tmp / MODEL_FILE
@@ -241,6 +246,11 @@ def _assemble(
         _fsync(shipped)
         fields["scoring"] = {**fields["scoring"], "stats_file": STATS_FILE,
                              "stats_sha256": sha256_file(shipped)}  # fmt: skip
+    if position_path is not None:
+        shipped = tmp / POSITION_FILE
+        shutil.copyfile(position_path, shipped)
+        _fsync(shipped)
+        fields["position"] = {"file": POSITION_FILE, "sha256": sha256_file(shipped)}
     manifest = build_manifest(model, **fields)
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
@@ -270,16 +280,24 @@ def write_bundle(
     frame_contract: Mapping[str, Any] | None = None,
     attribution: Mapping[str, Any] | None = None,
     signing_key: Ed25519PrivateKey | None = None,
+    position_path: Path | str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/{model.onnx, manifest.json, manifest.sig}`` atomically; the manifest.
 
     ``signing_key`` None: granvae.signing.signing_key() ($GRANVAE_SIGNING_KEY, or the local
     key pair, made on first use).
 
+    ``position_path``: a granvae.scoring.position statistics file (tiled bundles), shipped
+    as POSITION_FILE and hashed in the manifest's ``position`` block; the threshold must
+    then be one calibrated on position scores.
+
     ``threshold`` is a ``Threshold`` or its dict (extra keys ``score``,
     ``calibrated_on``, ``date`` are kept); ``calibrated_on`` overrides it.
     Metrics that are NaN are written as null (strict JSON for the device).
     """
+    if position_path is not None and not tiling:
+        raise ValueError("position_path is set but tiling is not: position statistics are "
+                         "full-size maps of a tiled bundle")  # fmt: skip
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
@@ -302,7 +320,10 @@ def write_bundle(
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is served to devices
         stats = Path(stats_path) if stats_path else None
-        manifest = _assemble(tmp, Path(onnx_path), fields, stats, signing_key)
+        manifest = _assemble(
+            tmp, Path(onnx_path), fields, stats, signing_key,
+            Path(position_path) if position_path else None,
+        )  # fmt: skip
         if out_dir.exists() and not overwrite:
             raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace the bundle")
         swap_dir_into_place(tmp, out_dir)
