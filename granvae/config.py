@@ -88,10 +88,11 @@ class EvalConfig(BaseModel):
     @field_validator("score")
     @classmethod
     def _known_rule(cls, v: str) -> str:
-        from granvae.scoring.head import SCORES
+        from granvae.scoring.head import SCORES, TILE_RULES
 
-        if v not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}; got {v!r}")
+        known = dict.fromkeys([*SCORES, *TILE_RULES])  # tile rules need tiling.tile set
+        if v not in known:
+            raise ValueError(f"score must be one of {', '.join(known)}; got {v!r}")
         return v
 
     @field_validator("tile_score")

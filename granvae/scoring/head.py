@@ -185,6 +185,9 @@ class InspectionHead(nn.Module):
         if score not in SCORES and score not in density.DENSITY_RULES:
             raise ValueError(f"score must be one of {SCORES + tuple(density.DENSITY_RULES)}, "
                              f"got {score!r}")  # fmt: skip
+        if score in density.DENSITY_RULES and tiling is None:
+            raise ValueError(f"score rule {score!r} is a density of the tile: it needs tiles "
+                             "(tiling.tile, or a tile size in sweep.tiles)")  # fmt: skip
         cfg = model.config
         self.score_kind = score
         # Set: the model sees tiles of a larger part (granvae.scoring.tiled scores full images).
