@@ -89,12 +89,14 @@ def build_head(
 ) -> InspectionHead:
     """The head a candidate is evaluated and shipped with: statistics fitted on its own
     training images whatever the rule, so any rule can be looked at later from the folder.
-    A tiled head fits them on the scoring grid's tiles of (a sample of) those images."""
+    A tiled head fits them on the scoring grid's tiles of (a sample of) those images, and a
+    tile-density rule also its coreset and moments (any density rule can then be looked at)."""
     head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
     if tiling is not None:
         check_tile_rule(rule)
-        # tile densities: random grid tiles of many training images (granvae.scoring.density)
-        fit_density(head, train_images, tiling, np.random.default_rng(0))
+        if rule in density.DENSITY_RULES:  # only then: it costs ~8k tile passes
+            # random grid tiles of many training images (granvae.scoring.density)
+            fit_density(head, train_images, tiling, np.random.default_rng(0))
         # a seeded sample of images, all grid tiles of each, about MAX_FIT_IMAGES in all
         train_images = grid_tiles(train_images, tiling, MAX_FIT_IMAGES, np.random.default_rng(0))
     fit_head(head, train_images)
