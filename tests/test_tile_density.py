@@ -165,6 +165,9 @@ def test_the_edge_scores_a_part_as_torch_for_each_density_rule(rule, tmp_path) -
         candidate={"objective": "beta_stcvae", "granularity": 2, "beta": 1.0, "seed": 0},
     )  # fmt: skip
     verdicts = Inspector(result.model_path.parent).score_batch([img[0] for img in images[4:]])
+    with np.load(result.bundle_dir / "score_stats.npz") as shipped:  # the graph's constants
+        np.testing.assert_array_equal(shipped["density_coreset"], head.density_coreset.numpy())
+    assert result.manifest["tiling"]["smooth_sigma"] == 0.0
     np.testing.assert_allclose([v.score for v in verdicts], torch_out["score"], rtol=1e-4,
                                atol=1e-5)  # fmt: skip
     np.testing.assert_allclose(verdicts[-1].anomaly_map, torch_out["anomaly_map"][-1],
