@@ -55,6 +55,21 @@ class SweepConfig(BaseModel):
     latent_dims: list[int] | None = None  # None: [model.latent_dim]
     seeds: list[int] = Field(default_factory=lambda: [0])
     workers: int | None = Field(None, ge=1)  # None: one per core on the CPU, 1 on a GPU
+    # Tile sizes in px: null = the `tiling` block as configured (the whole image when its
+    # tile is null); a number = the model sees tiles of that side (textures repeat at 16-32
+    # px), scored with evaluation.tile_score, tiles `tile_stride_share * tile` apart.
+    tiles: list[int | None] = Field(default_factory=lambda: [None])
+    tile_stride_share: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles_fit_the_model(cls, v: list[int | None]) -> list[int | None]:
+        bad = [t for t in v if t is not None and (t < 16 or t % 16)]
+        if bad:
+            raise ValueError(f"tiles must be null or multiples of 16 px, got {bad}")
+        if not v:
+            raise ValueError("tiles must hold at least one entry (null = the tiling block)")
+        return v
 
 
 class EvalConfig(BaseModel):
@@ -73,14 +88,26 @@ class EvalConfig(BaseModel):
     smooth_sigma: float = Field(2.0, gt=0)  # px; the localized rules smooth the map first
     topk_frac: float = Field(0.01, gt=0, le=1)  # share of pixels the *_topk rules average
     bootstrap: int = Field(1000, ge=100)  # replicates of the recall interval
+    # rule of candidates with a swept tile size (sweep.tiles); null = `score`
+    tile_score: str | None = None
 
     @field_validator("score")
     @classmethod
     def _known_rule(cls, v: str) -> str:
-        from granvae.scoring.head import SCORES
+        from granvae.scoring.head import SCORES, TILE_RULES
 
-        if v not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}; got {v!r}")
+        known = dict.fromkeys([*SCORES, *TILE_RULES])  # tile rules need tiling.tile set
+        if v not in known:
+            raise ValueError(f"score must be one of {', '.join(known)}; got {v!r}")
+        return v
+
+    @field_validator("tile_score")
+    @classmethod
+    def _known_tile_rule(cls, v: str | None) -> str | None:
+        from granvae.scoring.head import TILE_RULES
+
+        if v is not None and v not in TILE_RULES:
+            raise ValueError(f"tile_score must be one of {', '.join(TILE_RULES)}; got {v!r}")
         return v
 
 

@@ -23,13 +23,14 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 
-from granvae.config import Settings, SweepConfig
+from granvae.config import EvalConfig, Settings, SweepConfig
 from granvae.data import load_dataset
 from granvae.data.store import read_manifest
 from granvae.evaluate import evaluate_candidate, read_evaluation
 from granvae.metrics.seeds import aggregate_rows
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig, resolve_weights
+from granvae.scoring.tiling import TilingConfig
 from granvae.train import TrainConfig, pick_device, train
 
 SWEEP_FILE = "sweep.json"
@@ -50,10 +51,12 @@ class Candidate:
     beta: float
     latent_dim: int
     seed: int
+    tile: int | None = None  # a swept tile size (sweep.tiles); None = the tiling block
 
     @property
     def candidate_id(self) -> str:
-        base = f"g{self.granularity}-b{self.beta:g}-d{self.latent_dim}-s{self.seed}"
+        tile = "" if self.tile is None else f"-t{self.tile}"
+        base = f"g{self.granularity}-b{self.beta:g}-d{self.latent_dim}{tile}-s{self.seed}"
         return base if self.objective == "beta_stcvae" else f"{self.objective}-{base}"
 
 
@@ -65,12 +68,24 @@ def divisors(n: int) -> list[int]:
 def candidate_grid(cfg: SweepConfig, model: ModelConfig) -> list[Candidate]:
     dims = cfg.latent_dims or [model.latent_dim]
     return [
-        Candidate(cfg.objective, g, float(b), d, s)
+        Candidate(cfg.objective, g, float(b), d, s, t)
+        for t in cfg.tiles
         for d in dims
         for g in (cfg.granularities or divisors(d))
         for b in cfg.betas
         for s in cfg.seeds
     ]
+
+
+def candidate_tiling(c: Candidate, settings: Settings) -> tuple[TilingConfig, EvalConfig]:
+    """The tiles a candidate trains and scores on, and the evaluation settings it uses: a
+    swept tile size scores with evaluation.tile_score (the texture rules) when it is set."""
+    if c.tile is None:
+        return settings.tiling, settings.evaluation
+    stride = max(1, round(c.tile * settings.sweep.tile_stride_share))
+    tiling = settings.tiling.model_copy(update={"tile": c.tile, "stride": stride})
+    rule = settings.evaluation.tile_score or settings.evaluation.score
+    return tiling, settings.evaluation.model_copy(update={"score": rule})
 
 
 def _configs(c: Candidate, settings: Settings) -> tuple[ModelConfig, ObjectiveConfig, TrainConfig]:
@@ -85,8 +100,12 @@ def _configs(c: Candidate, settings: Settings) -> tuple[ModelConfig, ObjectiveCo
 def candidate_row(c: Candidate, settings: Settings, status: str, reason: str | None) -> dict:
     """The identity columns of a results row; metrics are added to it when finished."""
     alpha, beta, gamma = settings.objective.alpha, c.beta, settings.objective.gamma
+    # a "tile" column only when tile size is swept (0 = the tiling block): never a missing
+    # value, which would split seeds of one configuration once the table is read back
+    swept = {"tile": c.tile or 0} if any(t is not None for t in settings.sweep.tiles) else {}
     return {
         "candidate_id": c.candidate_id,
+        **swept,
         "objective": c.objective,
         "granularity": c.granularity,
         "beta": beta,
@@ -115,7 +134,8 @@ def run_candidate(
     try:
         model_cfg, objective, train_cfg = _configs(c, settings)
         splits, meta = load_dataset(data_dir)
-        tiling = settings.tiling.geometry()
+        tiling_cfg, eval_cfg = candidate_tiling(c, settings)
+        tiling = tiling_cfg.geometry()
         _, height, width = meta.observation_shape
         if tiling is None and height != width:
             raise ValueError(
@@ -134,7 +154,7 @@ def run_candidate(
             result = train(
                 splits["train"].images, model_cfg, objective, train_cfg, cdir,
                 progress=progress, val_images=splits["val"].images[:EARLY_STOP_IMAGES],
-                tiling=settings.tiling, on_epoch=_progress_writer(cdir, train_cfg.epochs),
+                tiling=tiling_cfg, on_epoch=_progress_writer(cdir, train_cfg.epochs),
             )  # fmt: skip
             if result.status != "finished":
                 return candidate_row(c, settings, "failed", result.reason)
@@ -144,7 +164,7 @@ def run_candidate(
                 "device": result.device,
             }
             done = evaluate_candidate(
-                cdir, splits, meta, c.granularity, settings.evaluation, seed=c.seed,
+                cdir, splits, meta, c.granularity, eval_cfg, seed=c.seed,
                 tiling=tiling,
             )  # fmt: skip
         row = candidate_row(c, settings, "finished", None)

@@ -157,7 +157,7 @@ def test_other_sizes_are_resized_or_refused_naming_the_sizes(inspector, onnx_fil
         ({"stride": 2.5}, "tiling.stride"),
         ({"image_height": 40}, "tiling.image_height"),
         ({"image_width": True}, "tiling.image_width"),
-        ({"smooth_sigma": 0}, "tiling.smooth_sigma"),
+        ({"smooth_sigma": -1.0}, "tiling.smooth_sigma"),
         ({"smooth_sigma": 200.0}, "tiling.smooth_sigma"),  # kernel wider than the image
         ({"reduce": "mean"}, "tiling.reduce"),
         ({"reduce": "topk"}, "tiling.topk"),

@@ -147,9 +147,10 @@ def _check_tiling(block: Any, spec: dict[str, Any]) -> None:
                 f"manifest field 'tiling.{key}' is {side}, smaller than tile {tile}"
             )
     sigma = block.get("smooth_sigma")
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0:
+    # 0 = no smoothing (the stitched map of a tile-density rule is reduced as it is)
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma >= 0:
         raise ManifestError(
-            f"manifest field 'tiling.smooth_sigma' must be a number > 0, got {sigma!r}"
+            f"manifest field 'tiling.smooth_sigma' must be a number >= 0, got {sigma!r}"
         )
     if math.ceil(3 * sigma) >= min(height, width):
         raise ManifestError(

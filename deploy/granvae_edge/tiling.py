@@ -217,9 +217,10 @@ class Tiling:
         return extract_tiles(image, self.tile, self.stride)
 
     def image_map(self, tile_maps: np.ndarray) -> np.ndarray:
-        """Stitched and smoothed (H, W) map: the map the image score is read from."""
+        """Stitched and smoothed (H, W) map: the map the image score is read from.
+        ``smooth_sigma`` 0: stitched only (tile-density rules; overlapping tiles average)."""
         stitched = stitch(tile_maps, self.image_height, self.image_width, self.stride)
-        return smooth(stitched, self.smooth_sigma)
+        return smooth(stitched, self.smooth_sigma) if self.smooth_sigma > 0 else stitched
 
     def score(self, image_map: np.ndarray) -> float:
         return reduce_map(image_map, self.reduce, self.topk)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig
+from granvae.scoring.density import DensityStats
+from granvae.scoring.density import set_stats as set_density_stats
 from granvae.scoring.head import TileGraph
 from granvae.scoring.stats import STATS_FILE
 from granvae.train import MODEL_DIR
@@ -109,6 +111,18 @@ def _try_int8(
     recal = calibrate_threshold(scores, threshold.false_alarm_rate)
     comparison["threshold_int8"] = recal.value
     return comparison, int8, recal
+
+
+def _with_density(stats: ScoreStats, tile_density: DensityStats, work: Path) -> Path:
+    """One statistics file for the bundle: the head's arrays and the tile-density coreset
+    and moments (``density_*``), every graph constant an auditor may want to read."""
+    work.joinpath("stats").mkdir()
+    path = stats.save(work / "stats")
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays.update({f"density_{k}": v for k, v in asdict(tile_density).items()})
+    np.savez(path, **arrays)
+    return path
 
 
 def _scoring_block(scoring: ScoringConfig, stats: ScoreStats | None) -> dict[str, Any]:
@@ -191,6 +205,9 @@ def export_candidate(
         model, group_list, scoring.rule, stats, scoring.smooth_sigma, scoring.topk_frac,
         tiling=scoring.geometry(),
     ).eval()  # fmt: skip
+    tile_density = DensityStats.load(candidate_dir)  # the tile-density rules' graph constants
+    if tile_density is not None:
+        set_density_stats(head, tile_density)
     thr = _as_threshold(threshold)
     graph, val, tiling = _graph_and_parity_images(head, val_images)
     if int8 and (test_images is None or test_labels is None):
@@ -212,6 +229,8 @@ def export_candidate(
             if q_path is not None and q_thr is not None:
                 shipped, ship_thr, info["precision"] = q_path, q_thr, "int8"
                 calibrated_on = f"{calibrated_on} (recalibrated on int8 scores)"
+        if stats is not None and tile_density is not None:
+            stats_path = _with_density(stats, tile_density, work)
         manifest = write_bundle(
             out_dir, shipped, groups=group_list, threshold=ship_thr, class_names=class_names,
             candidate=info, data_version=data_version, mlflow_model_uri=mlflow_model_uri,

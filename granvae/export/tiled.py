@@ -17,7 +17,7 @@ import torch
 
 from granvae.export.graph import run_session
 from granvae.scoring import maps
-from granvae.scoring.head import TILE_RULES, InspectionHead
+from granvae.scoring.head import TILE_RULES, UNSMOOTHED_TILE_RULES, InspectionHead
 from granvae.scoring.tiled import part_map_and_score, topk_pixels
 from granvae.scoring.tiling import Tiling, extract_tiles, grid_tiles
 
@@ -25,7 +25,8 @@ PARITY_TILES = 256  # tiles the parity gate compares (a sample of the val images
 
 
 def tiling_block(head: InspectionHead, height: int, width: int) -> dict[str, Any]:
-    """The manifest block (docs/contracts.md, "tiling")."""
+    """The manifest block (docs/contracts.md, "tiling"); ``smooth_sigma`` 0 = the stitched
+    map is reduced unsmoothed (the tile-density rules)."""
     tiling = head.tiling
     if tiling is None:
         raise ValueError("tiling_block needs a tiled head")
@@ -34,7 +35,8 @@ def tiling_block(head: InspectionHead, height: int, width: int) -> dict[str, Any
     block: dict[str, Any] = {
         "tile": tiling.tile, "stride": tiling.stride,
         "image_height": int(height), "image_width": int(width),
-        "map": raw.removesuffix("_raw"), "smooth_sigma": head.smooth_sigma, "reduce": reduction,
+        "map": raw.removesuffix("_raw"), "reduce": reduction,
+        "smooth_sigma": 0.0 if head.score_kind in UNSMOOTHED_TILE_RULES else head.smooth_sigma,
     }  # fmt: skip
     if reduction == "topk":
         block["topk"] = topk_pixels(head, height, width)
@@ -53,7 +55,8 @@ def onnx_tiled_scores(
 ) -> np.ndarray:
     """Full-size part scores from a tiled graph and its manifest block (NCHW uint8 in)."""
     tiling = Tiling(int(block["tile"]), int(block["stride"]))
-    kernel = maps.gaussian_kernel(float(block["smooth_sigma"]))
+    sigma = float(block["smooth_sigma"])
+    kernel = maps.gaussian_kernel(sigma) if sigma > 0 else None
     _, c, h, w = images.shape
     n_tiles = len(tiling.grid(h, w))
     scores = []

@@ -27,8 +27,10 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
-CONFIG_KEYS = ("objective", "latent_dim", "beta", "alpha", "gamma", "estimator", "granularity")
-CAPACITY_KEYS = ("objective", "latent_dim", "beta", "alpha", "gamma", "estimator")
+CONFIG_KEYS = (
+    "objective", "latent_dim", "beta", "alpha", "gamma", "estimator", "tile", "granularity",
+)  # fmt: skip
+CAPACITY_KEYS = ("objective", "latent_dim", "beta", "alpha", "gamma", "estimator", "tile")
 DEFAULT_METRICS = (
     "elbo", "iwae_elbo", "recon", "kl", "mi", "tc", "tc_between", "group_kl",
     "image_auroc", "recall_at_far", "pixel_auroc", "mig", "dci_disentanglement", "sap",

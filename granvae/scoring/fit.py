@@ -13,6 +13,8 @@ import torch
 
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
+from granvae.scoring import density
+from granvae.scoring.density_fit import fit_density
 from granvae.scoring.head import (
     FUSION_PARTS,
     RULES,
@@ -87,12 +89,16 @@ def build_head(
 ) -> InspectionHead:
     """The head a candidate is evaluated and shipped with: statistics fitted on its own
     training images whatever the rule, so any rule can be looked at later from the folder.
-    A tiled head fits them on the scoring grid's tiles of (a sample of) those images."""
+    A tiled head fits them on the scoring grid's tiles of (a sample of) those images, and a
+    tile-density rule also its coreset and moments (any density rule can then be looked at)."""
+    head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
     if tiling is not None:
         check_tile_rule(rule)
+        if rule in density.DENSITY_RULES:  # only then: it costs ~8k tile passes
+            # random grid tiles of many training images (granvae.scoring.density)
+            fit_density(head, train_images, tiling, np.random.default_rng(0))
         # a seeded sample of images, all grid tiles of each, about MAX_FIT_IMAGES in all
         train_images = grid_tiles(train_images, tiling, MAX_FIT_IMAGES, np.random.default_rng(0))
-    head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
     fit_head(head, train_images)
     head.score_kind, head.tiling = rule, tiling
     return head
@@ -103,6 +109,8 @@ def save_head_scoring(head: InspectionHead, directory: Path | str) -> None:
     head.config.save(directory)
     if head.stats_fitted:
         head.stats().save(directory)
+    if head.density_fitted:
+        density.get_stats(head).save(directory)
 
 
 def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = None):
@@ -116,7 +124,11 @@ def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = No
     groups = make_groups(model.config.latent_dim, granularity)
     saved = ScoringConfig.load(candidate_dir) or ScoringConfig(rule="neg_elbo")
     stats = ScoreStats.load(candidate_dir) if (candidate_dir / "score_stats.npz").exists() else None
-    return InspectionHead(
+    head = InspectionHead(
         model, groups, score=rule or saved.rule, stats=stats,
         smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac, tiling=saved.geometry(),
     )  # fmt: skip
+    tile_density = density.DensityStats.load(candidate_dir)
+    if tile_density is not None:
+        density.set_stats(head, tile_density)
+    return head

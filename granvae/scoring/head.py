@@ -31,7 +31,7 @@ from torch import nn
 from granvae.distributions import kl_to_standard_normal, recon_mean, recon_nll_map
 from granvae.models import FactorizedVAE
 from granvae.objectives import group_matrix
-from granvae.scoring import maps
+from granvae.scoring import density, maps
 from granvae.scoring.stats import ScoreStats, ScoringConfig
 from granvae.scoring.tiling import Tiling
 
@@ -90,6 +90,8 @@ class _Pass:
             return ((self.residual() - h.pixel_mean) / h.pixel_std).pow(2).sum(1)
         if name in ("l2", "ssim", "zres"):
             return maps.smooth_map(self.map(f"{name}_raw"), h.smooth_kernel)
+        if name in density.DENSITY_RULES:
+            return density.tile_map(self, name)
         raise KeyError(name)
 
 
@@ -134,7 +136,10 @@ TILE_RULES: dict[str, tuple[str, str]] = {
     "ssim_topk": ("ssim_raw", "topk"),
     "zres_max": ("zres_raw", "max"),
     "zres_topk": ("zres_raw", "topk"),
+    # densities of the tile (granvae.scoring.density): stitched, never smoothed
+    **{rule: (rule, "max") for rule in density.DENSITY_RULES},
 }
+UNSMOOTHED_TILE_RULES = frozenset(density.DENSITY_RULES)
 
 
 def check_tile_rule(rule: str) -> tuple[str, str]:
@@ -177,8 +182,12 @@ class InspectionHead(nn.Module):
         tiling: Tiling | None = None,
     ) -> None:
         super().__init__()
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if score not in SCORES and score not in density.DENSITY_RULES:
+            raise ValueError(f"score must be one of {SCORES + tuple(density.DENSITY_RULES)}, "
+                             f"got {score!r}")  # fmt: skip
+        if score in density.DENSITY_RULES and tiling is None:
+            raise ValueError(f"score rule {score!r} is a density of the tile: it needs tiles "
+                             "(tiling.tile, or a tile size in sweep.tiles)")  # fmt: skip
         cfg = model.config
         self.score_kind = score
         # Set: the model sees tiles of a larger part (granvae.scoring.tiled scores full images).
@@ -197,6 +206,7 @@ class InspectionHead(nn.Module):
         self.register_buffer("latent_precision", torch.eye(d))
         self.register_buffer("fusion_mean", torch.zeros(len(FUSION_PARTS)))
         self.register_buffer("fusion_std", torch.ones(len(FUSION_PARTS)))
+        density.register_buffers(self, d)
         self.stats_fitted = False
         if stats is not None:
             self.set_stats(stats)

@@ -16,6 +16,7 @@ import torch
 
 from granvae.scoring import maps
 from granvae.scoring.head import (
+    UNSMOOTHED_TILE_RULES,
     InspectionHead,
     InspectionOutput,
     check_tile_rule,
@@ -34,13 +35,16 @@ def part_map_and_score(
     tiling: Tiling,
     height: int,
     width: int,
-    kernel: torch.Tensor,
+    kernel: torch.Tensor | None,
     reduction: str,
     k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T, tile, tile) raw tile maps -> the smoothed full-size maps (N, H, W) and the
-    parts' scores (N,): stitch, smooth once, reduce by ``reduction`` ("max" | "topk")."""
-    smoothed = maps.smooth_map(stitch(tile_maps, tiling, height, width), kernel)
+    parts' scores (N,): stitch, smooth once (not when ``kernel`` is None: the tile-density
+    rules), reduce by ``reduction`` ("max" | "topk")."""
+    smoothed = stitch(tile_maps, tiling, height, width)
+    if kernel is not None:
+        smoothed = maps.smooth_map(smoothed, kernel)
     score = maps.max_value(smoothed) if reduction == "max" else maps.topk_mean(smoothed, k)
     return smoothed, score
 
@@ -82,7 +86,7 @@ def score_tiled(
     n_tiles = len(tiling.grid(h, w))
     k = topk_pixels(head, h, w)
     per_chunk = max(1, batch_size // n_tiles)
-    kernel = head.smooth_kernel.cpu()
+    kernel = None if head.score_kind in UNSMOOTHED_TILE_RULES else head.smooth_kernel.cpu()
     out: dict[str, list[np.ndarray]] = {name: [] for name in InspectionOutput._fields}
     for start in range(0, n, per_chunk):
         tiles = extract_tiles(images[start : start + per_chunk], tiling)

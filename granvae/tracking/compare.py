@@ -154,6 +154,8 @@ def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarr
     from granvae.models import FactorizedVAE
     from granvae.objectives import make_groups
     from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig, score_images
+    from granvae.scoring.density import DensityStats
+    from granvae.scoring.density import set_stats as set_density_stats
     from granvae.scoring.stats import STATS_FILE
 
     model = FactorizedVAE.load(folder).eval()
@@ -165,6 +167,9 @@ def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarr
         model, groups, score=saved.rule, stats=stats,
         smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac, tiling=saved.geometry(),
     )  # fmt: skip
+    tile_density = DensityStats.load(folder)
+    if tile_density is not None:
+        set_density_stats(head, tile_density)
     return score_images(head, images)["score"]
 
 
