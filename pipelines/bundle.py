@@ -43,4 +43,6 @@ def verify_bundle(bundle_dir: Path) -> str:
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0:
         raise VerifyError(f"granvae_edge verify refused {bundle_dir}: {output[-1500:]}")
-    return output.splitlines()[-1] if output else "OK"
+    # verify prints its OK line first, then notes (the frame contract, an unchecked signature)
+    ok = [line for line in output.splitlines() if line.startswith("OK")]
+    return ok[0] if ok else (output.splitlines()[-1] if output else "OK")
