@@ -15,10 +15,19 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from pipelines.config import PipelineConfig
+
+
+def ignore_interrupts() -> None:
+    """Run in each candidate worker: Ctrl-C reaches the whole process group, but the CLI
+    owns the interrupt (pipelines.interrupt) and stops the workers itself. A worker that
+    took the SIGINT too raised KeyboardInterrupt mid-epoch and Prefect logged its traceback
+    before the CLI could stop it (seen on a loaded machine)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def local_workers(cfg: PipelineConfig, n_candidates: int) -> int:
@@ -35,7 +44,9 @@ def torch_threads(workers: int) -> int:
 def make_runner(cfg: PipelineConfig, n_candidates: int) -> TaskRunner:
     """The task runner named by `pipeline.dask` (None, "local" or a scheduler address)."""
     if not cfg.dask:
-        return ProcessPoolTaskRunner(max_workers=local_workers(cfg, n_candidates))
+        return ProcessPoolTaskRunner(
+            max_workers=local_workers(cfg, n_candidates), initializer=ignore_interrupts
+        )
     from prefect_dask import DaskTaskRunner
 
     if cfg.dask == "local":

@@ -70,7 +70,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skip(reason="in the full suite Prefect's engine prints a traceback on SIGINT (handle_engine_signals) that the test forbids; passes alone; tracked in the issue 16 note")  # noqa: E501
 def test_ctrl_c_at_training_stops_everything_and_rerun_resumes(
     tmp_path, mlflow_server, prefect_harness
 ) -> None:
