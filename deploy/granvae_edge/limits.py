@@ -14,11 +14,39 @@ or a stalled thread:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def steady_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
+    """Make freed decode buffers go back to the OS (glibc only; a no-op elsewhere).
+
+    Why: the decode bound above counts buffers that are alive. glibc raises its mmap
+    threshold each time a large block is freed, so later frame-sized buffers land in
+    per-thread heaps that keep their pages after the frame is answered, and every new
+    handler thread may get a fresh arena. Peak RSS then grows with the number of clients
+    that ever came, not with ``inflight``. A fixed threshold (large buffers always mapped
+    and unmapped) and few arenas keep the stated bound honest. Returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    return bool(mallopt(_M_ARENA_MAX, int(arenas)) == 1 and ok)
 
 
 class Busy(Exception):

@@ -27,7 +27,7 @@ from .auth import RateGate, require_token_for
 from .capture import Capture
 from .handler import EdgeHandler
 from .infer import Inspector
-from .limits import Admission, Slots, Watchdog
+from .limits import Admission, Slots, Watchdog, steady_allocator
 from .metrics import Metrics
 from .preprocess import DECODE_BYTES_PER_PIXEL
 from .signature import TrustStore
@@ -217,6 +217,7 @@ def make_server(
     """
     limits = limits or ServerLimits(max_bytes=max_bytes)
     require_token_for(host, token)  # before the bundle is loaded: refuse fast
+    steady_allocator()  # freed frame buffers return to the OS: the decode bound holds
     state = ServingState(bundle_dir, intra_op_threads, max_pixels=limits.max_pixels, trust=trust)
     # POST /feedback takes its own operator token when given, else the device token
     return EdgeServer(
