@@ -7,6 +7,7 @@ no frame contract (so the bomb is decoded, not refused); the figure is that proc
 minus the peak of scoring a 32x32 frame, divided by the pixel count.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,43 @@ base = kb(f"{out}/small.png")[0]
 for name in ("bomb16.png", "strip.png"):
     peak, line = kb(f"{out}/{name}")
     print(f"{deploy}: {name}: {(peak - base) * 1024 / N:.2f} bytes/pixel above baseline ({line})")
+
+
+# Concurrent bombs against a server with inflight 2: peak RSS against the stated bound, with
+# the server's allocator tuning (limits.steady_allocator) and without it, side by side.
+SERVER_PROBE = """
+import json, resource, sys, threading, urllib.request
+import granvae_edge.server as srv
+from granvae_edge.server import ServerLimits, make_server
+if sys.argv[1] == "off":
+    srv.steady_allocator = lambda: False
+s = make_server(sys.argv[2], "127.0.0.1", 0, intra_op_threads=1, limits=ServerLimits(
+    max_bytes=1 << 24, max_pixels=int(sys.argv[3]), inflight=2, queue_wait_s=300,
+    request_timeout_s=300))
+threading.Thread(target=s.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{s.server_address[1]}/score"
+data = open(sys.argv[4], "rb").read()
+codes = []
+def send():
+    req = urllib.request.Request(url, data=data, method="POST")
+    with urllib.request.urlopen(req, timeout=300) as r:
+        codes.append(r.status)
+for _ in range(2):  # two waves: new handler threads each time
+    ts = [threading.Thread(target=send) for _ in range(int(sys.argv[5]))]
+    [t.start() for t in ts]; [t.join() for t in ts]
+print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "bound": s.memory_bound(), "codes": sorted(set(codes))}))
+"""
+for clients in (4, 16):
+    for mode in ("on", "off"):
+        p = subprocess.run(
+            [sys.executable, "-c", SERVER_PROBE, mode, str(b), str(N), f"{out}/bomb16.png",
+             str(clients)],
+            capture_output=True, text=True, env=env, timeout=900,
+        )  # fmt: skip
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(
+            f"server inflight 2, {clients} clients x 2 waves of 16-bit bombs, allocator tuning "
+            f"{mode}: peak RSS {r['peak_kb'] / 1024:.0f} MB, stated bound "
+            f"{r['bound'] / 2**20:.0f} MB (+ ~{base / 1024:.0f} MB process), answers {r['codes']}"
+        )

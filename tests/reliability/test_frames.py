@@ -234,7 +234,7 @@ def test_decoding_bombs_stay_inside_the_stated_bound(bombs, tmp_path, contract, 
 
 
 def test_concurrent_requests_stay_inside_inflight_times_the_bound(tmp_path, bombs):
-    """The server's stated bound, inflight x max_pixels x bytes per pixel, under 4 clients."""
+    """The server's stated bound, inflight x max_pixels x bytes per pixel, under 32 clients."""
     from granvae_edge.preprocess import DECODE_BYTES_PER_PIXEL
 
     bundle = make_bundle(tmp_path / "b", threshold=3.0)
@@ -244,7 +244,7 @@ def test_concurrent_requests_stay_inside_inflight_times_the_bound(tmp_path, bomb
         "from granvae_edge.server import ServerLimits, make_server\n"
         f"s = make_server({str(bundle)!r}, '127.0.0.1', 0, intra_op_threads=1, "
         f"limits=ServerLimits(max_bytes=1 << 24, max_pixels={MAX_PIXELS}, inflight=2, "
-        "queue_wait_s=120, request_timeout_s=120))\n"
+        "queue_wait_s=300, request_timeout_s=300))\n"
         f"open({str(port_file)!r}, 'w').write(str(s.server_address[1]))\n"
         "t = threading.Thread(target=s.serve_forever, daemon=True); t.start()\n"
         "sys.stdin.readline()\n"
@@ -261,20 +261,23 @@ def test_concurrent_requests_stay_inside_inflight_times_the_bound(tmp_path, bomb
         assert http("POST", f"{url}/score", png_bytes(good_frame(32)))[0] == 200
         data = (bombs / "bomb16.png").read_bytes()
         results: list[int] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(http("POST", f"{url}/score", data,
-                                                                timeout=120)[0]))  # fmt: skip
-            for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        for _ in range(2):  # two waves of 16 clients: each request gets a new handler thread
+            threads = [
+                threading.Thread(target=lambda: results.append(
+                    http("POST", f"{url}/score", data, timeout=300)[0]))  # fmt: skip
+                for _ in range(16)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         out, _ = proc.communicate("\n", timeout=60)
     finally:
         proc.kill()
     peak_kb, bound = (int(v) for v in out.split())
-    assert sorted(results) == [200] * 4, results  # none refused busy: all four decoded
+    assert sorted(results) == [200] * 32, results  # none refused busy: all decoded
     assert bound == 2 * MAX_PIXELS * DECODE_BYTES_PER_PIXEL
-    # baseline of a server process (python + numpy + onnxruntime + PIL) is well under 300 MB
-    assert peak_kb * 1024 <= bound + 300 * 2**20, (peak_kb, bound)
+    # A server process (python + numpy + onnxruntime + PIL) is about 75 MB. Without the
+    # allocator tuning (limits.steady_allocator) this run peaks near 400 MB: freed frame
+    # buffers stay in per-thread heaps and RSS grows with the clients that came.
+    assert peak_kb * 1024 <= bound + 120 * 2**20, (peak_kb, bound)

@@ -159,7 +159,6 @@ def two_lines(stack: StackState, params_file: Path) -> dict[str, object]:
     return {"deployments": deployments, "runs": runs, "final": final}
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_deployments_carry_each_lines_schedule_and_pool(stack, two_lines) -> None:
     from prefect import get_client
     from prefect.settings import temporary_settings
@@ -173,7 +172,6 @@ def test_deployments_carry_each_lines_schedule_and_pool(stack, two_lines) -> Non
     assert crons == {"press-7": "0 2 * * *", "press-9": "30 2 * * *"}
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_two_lines_survive_an_s3_outage_and_a_postgres_restart(stack, two_lines) -> None:
     states = {str(k): v for k, v in two_lines["final"].items()}
     assert all(s.is_completed() for s in states.values()), states
@@ -184,7 +182,6 @@ def test_two_lines_survive_an_s3_outage_and_a_postgres_restart(stack, two_lines)
         assert rows[0]["aliases"] == ["challenger"] and rows[0]["status"] == "complete"
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_each_line_has_its_own_model_data_and_bundle(stack, two_lines) -> None:
     from pipelines.sweepdir import code_version, sweep_key
 
@@ -209,7 +206,6 @@ def test_each_line_has_its_own_model_data_and_bundle(stack, two_lines) -> None:
         )
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_edge_pulls_the_line_model_over_http(stack, two_lines, tmp_path: Path) -> None:
     """A device with no S3 credentials: the tracking server proxies the bucket."""
     row = _versions(stack, "inspector-press-7")[0]
@@ -235,7 +231,6 @@ def test_edge_pulls_the_line_model_over_http(stack, two_lines, tmp_path: Path) -
     assert "signed by trusted key" in verify.stdout
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_models_line_lists_one_line(stack, two_lines, params_file: Path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
@@ -282,7 +277,6 @@ def _registry_write(stack: StackState, user: str | None, path: str, body: dict) 
         return exc.code
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines) -> None:
     """Issue 14: anonymous model delete, alias move and tag write; now 401 (403 for device)."""
     name = "inspector-press-7"
@@ -305,7 +299,6 @@ def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines)
     assert stack.mlflow_users["admin"] not in shown.stdout
 
 
-@pytest.mark.skip(reason="known failure after merging issues 13-16 together (each passed on its own branch): the two-line run never reaches DVC's version-data task within 240 s, and the wiped-bucket check fails; tracked in the issue 14 note, to fix next session")  # noqa: E501
 def test_a_wiped_bucket_fails_status_and_up_recreates_it(stack) -> None:
     """Last in the module: it wipes the bucket. Issue 14's `moto-api/reset` (still anonymous:
     docs/security.md "Not yet") made status say every service was up; now it fails."""
