@@ -25,8 +25,9 @@ from granvae.train import TrainConfig
 
 DEFAULT_PARAMS = Path("params.yaml")  # the working folder's override, when present
 EMBEDDED_PARAMS = Path(__file__).resolve().parent / "params.yaml"
-# Top-level sections of params.yaml that pipelines/ reads and checks, not `Settings`.
-OTHER_SECTIONS = ("pipeline", "profiles")
+# Top-level sections of params.yaml that pipelines/ (and granvae.lines) read and check, not
+# `Settings`.
+OTHER_SECTIONS = ("pipeline", "profiles", "lines")
 
 
 class DataConfig(BaseModel):

@@ -97,3 +97,17 @@ def _message(call) -> str:
     with pytest.raises(SettingsError) as err:
         call()
     return str(err.value)
+
+
+def test_a_lines_section_is_accepted_and_its_typos_are_refused_by_the_line(tmp_path) -> None:
+    """`lines:` (one entry per product line, granvae.lines) is a known section: a stack's
+    two-line params file loads; a typo inside a line's entry is refused when it resolves."""
+    from granvae.lines import LineError, resolve_line
+
+    good = _file(tmp_path, "lines:\n  press-7: {cron: '0 2 * * *'}\n")
+    assert load_run_config(good) is not None
+    tree = yaml.safe_load(good.read_text())
+    assert resolve_line(tree, "press-7").cron == "0 2 * * *"
+    tree["lines"]["press-7"]["corn"] = "x"
+    with pytest.raises(LineError, match=r"lines.press-7: unknown key\(s\) \['corn'\]"):
+        resolve_line(tree, "press-7")

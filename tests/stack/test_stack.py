@@ -136,6 +136,29 @@ def _versions(stack: StackState, model: str) -> list[dict]:
     return list_versions(model, store=Store(TrackingSettings(uri=stack.mlflow_uri)))
 
 
+def _run_states(stack: StackState, runs: dict[str, object]) -> dict[str, str]:
+    """Each line's flow-run state and its task runs' states, for a failure message."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import temporary_settings
+
+    out = {}
+    with temporary_settings(prefect_settings(stack.prefect_api)), \
+            get_client(sync_client=True) as client:  # fmt: skip
+        for line, fid in runs.items():
+            run = client.read_flow_run(fid)
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fid])))
+            out[line] = f"{run.state_name}: " + ", ".join(
+                f"{t.name}={t.state_name}" for t in tasks)  # fmt: skip
+    return out
+
+
+def _log_tail(stack: StackState, service: str, chars: int = 4000) -> str:
+    log = Path(stack.root) / "logs" / f"{service}.log"
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+
+
 @pytest.fixture(scope="module")
 def two_lines(stack: StackState, params_file: Path) -> dict[str, object]:
     """Both lines retrain at once on the one worker. S3 is down when they start (their DVC
@@ -147,8 +170,14 @@ def two_lines(stack: StackState, params_file: Path) -> dict[str, object]:
     runs = _start(stack, deployments)
     deadline = time.monotonic() + 240
     while failed_attempts(stack.prefect_api, "version-data") < 2 and time.monotonic() < deadline:
+        if all(state.startswith(("Failed", "Crashed", "Completed"))
+               for state in _run_states(stack, runs).values()):  # fmt: skip
+            break  # both runs ended before DVC: the message below says why
         time.sleep(1)
-    assert failed_attempts(stack.prefect_api, "version-data") >= 2, "DVC never met the outage"
+    assert failed_attempts(stack.prefect_api, "version-data") >= 2, (
+        f"DVC never met the outage: {_run_states(stack, runs)}\n"
+        f"worker log:\n{_log_tail(stack, 'worker')}"
+    )
     restart_service(Path(stack.root), "s3")  # back (empty: moto keeps objects in memory)
     deadline = time.monotonic() + 300
     while running_candidates(stack.prefect_api) < 2 and time.monotonic() < deadline:
