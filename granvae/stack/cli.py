@@ -1,8 +1,10 @@
 """`granvae stack up|down|status|env|deploy`: the production stack on this host.
 
-    export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...   # from your secret store
     granvae stack up                  # postgres, S3 (local moto), mlflow, prefect, worker
-    eval "$(granvae stack env)"       # MLFLOW_TRACKING_URI, PREFECT_API_URL, S3 endpoint
+    eval "$(granvae stack env --role admin)"   # URLs + that role's MLflow user and S3 key
+
+With a real S3 endpoint (`--s3-endpoint URL`) its keys come from your secret store:
+export AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY before `up`.
     granvae stack deploy --line press-7 --cron "0 2 * * *"
     granvae stack status
     granvae stack down
@@ -99,7 +101,8 @@ def env_cmd(
     ] = False,
     role: Annotated[
         str | None,
-        typer.Option(help="also export this MLflow role's user and password: admin|retrain|device"),
+        typer.Option(help="also export this role's MLflow user and password, and its local S3 "
+                    "key (admin, retrain): admin|retrain|device"),
     ] = None,
 ) -> None:
     """`export` lines for a shell: eval "$(granvae stack env)" (no secrets unless asked)."""

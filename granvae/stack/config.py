@@ -2,8 +2,10 @@
 
 State lives in `<root>/stack.json` (mode 0600: it holds the generated Postgres password),
 so `granvae stack down|status|env` in another shell finds the processes `up` started.
-S3 credentials are never written anywhere: they come from the environment of whoever
-runs `up` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), as a factory's secret store sets them.
+S3 credentials of a real endpoint are never written anywhere: they come from the environment
+of whoever runs `up` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), as a factory's secret store
+sets them. The local S3 server (s3_server.py) checks keys the stack generates, one per role
+(roles.S3_ROLES), kept in stack.json and the roles' 0600 credentials files.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class StackState:
     prefect_auth: str = ""  # "user:password" the Prefect API demands (secret, like pg_password)
     mlflow_users: dict[str, str] = field(default_factory=dict)  # role -> password (secret)
     flask_secret: str = ""  # MLflow's basic-auth app signs its CSRF tokens with it (secret)
+    # local S3 only: role -> {"id", "secret"}, the keys s3_server.py provisions (secret)
+    s3_keys: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def mlflow_uri(self) -> str:
@@ -142,4 +146,5 @@ def as_dict(state: StackState) -> dict[str, Any]:
     out.pop("prefect_auth", None)
     out.pop("mlflow_users", None)
     out.pop("flask_secret", None)
+    out.pop("s3_keys", None)
     return out

@@ -77,7 +77,8 @@ def _start(state: StackState, name: str) -> None:
 def up(cfg: StackSettings) -> StackState:
     """Start every service that is not answering; returns the running stack's state."""
     cfg = cfg.resolved()
-    s3_credentials()  # fail before starting anything
+    if cfg.s3_endpoint != LOCAL_S3:
+        s3_credentials()  # a real endpoint's keys come from the caller: fail before starting
     cfg.root.mkdir(parents=True, exist_ok=True)
     state = load_state(cfg.root) or _new_state(cfg)
     state.project = str(cfg.project)

@@ -22,9 +22,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from granvae.stack.config import StackError, StackState
+from granvae.stack.config import StackError, StackState, s3_credentials
 
 ROLES = ("admin", "retrain", "device")
+# Roles with a key on the local S3 server (s3_server.policy): admin (everything, e.g. wiping
+# and recreating the bucket), retrain (objects: read, list, write; never delete). Devices
+# get artifacts through MLflow's proxy and hold no S3 key.
+S3_ROLES = ("admin", "retrain")
 USERS_API = "/api/2.0/mlflow/users"
 
 
@@ -33,6 +37,25 @@ def fill_secrets(state: StackState) -> None:
     for role in ROLES:
         state.mlflow_users.setdefault(role, secrets.token_urlsafe(24))
     state.flask_secret = state.flask_secret or secrets.token_hex(32)
+    if state.local_s3:
+        for role in S3_ROLES:
+            state.s3_keys.setdefault(role, {
+                "id": "AKIA" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16)),
+                "secret": secrets.token_urlsafe(30)[:40]})  # fmt: skip
+
+
+_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # the shape of an AWS access key id
+
+
+def s3_env(state: StackState, role: str) -> dict[str, str]:
+    """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of a role: the local server's key for that
+    role, or the caller's environment for a real endpoint (its roles are the plant's IAM)."""
+    if not state.local_s3:
+        return s3_credentials()
+    key = state.s3_keys.get(role)
+    if key is None:
+        raise StackError(f"role {role!r} has no S3 key (S3 roles: {', '.join(S3_ROLES)})")
+    return {"AWS_ACCESS_KEY_ID": key["id"], "AWS_SECRET_ACCESS_KEY": key["secret"]}
 
 
 def write_private(path: Path, text: str) -> None:
@@ -70,10 +93,14 @@ def server_env(state: StackState) -> dict[str, str]:
 
 
 def credentials(state: StackState, role: str) -> dict[str, str]:
+    """A role's MLflow user, and its local S3 key when it has one."""
     if role not in ROLES:
         raise StackError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-    return {"MLFLOW_TRACKING_USERNAME": role,
-            "MLFLOW_TRACKING_PASSWORD": state.mlflow_users[role]}  # fmt: skip
+    creds = {"MLFLOW_TRACKING_USERNAME": role,
+             "MLFLOW_TRACKING_PASSWORD": state.mlflow_users[role]}  # fmt: skip
+    if state.local_s3 and role in state.s3_keys:
+        creds.update(s3_env(state, role))
+    return creds
 
 
 def credentials_file(state: StackState, role: str) -> Path:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from granvae.stack import procs, roles
-from granvae.stack.config import StackError, StackState, s3_credentials
+from granvae.stack.config import StackError, StackState
 
 
 def log(state: StackState, name: str) -> Path:
@@ -33,8 +33,9 @@ def _bin(name: str) -> str:
 
 
 def base_env(state: StackState) -> dict[str, str]:
-    """The caller's environment + the stack's client settings + S3 credentials."""
-    return {**os.environ, **state.client_env(), **s3_credentials(),
+    """The caller's environment + the stack's client settings + the retrain role's S3 key
+    (MLflow's artifact proxy, the worker and its flows write objects; none may delete)."""
+    return {**os.environ, **state.client_env(), **roles.s3_env(state, "retrain"),
             "PGPASSWORD": state.pg_password, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
 
@@ -54,7 +55,14 @@ def _launch(
 
 
 def start_s3(state: StackState) -> int:
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(state.ports["s3"])]
+    """moto behind s3_server.py: keys checked per role, no admin API."""
+    folder = Path(state.root) / "s3"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = folder / "keys.json"
+    roles.write_private(keys, json.dumps(state.s3_keys))
+    cmd = [sys.executable, "-m", "granvae.stack.s3_server", "--host", "127.0.0.1",
+           "--port", str(state.ports["s3"]), "--keys", str(keys),
+           "--bucket", state.bucket]  # fmt: skip
     return _launch(state, "s3", cmd, base_env(state), lambda: s3_ready(state), 60)
 
 
@@ -68,7 +76,7 @@ def ensure_bucket(state: StackState) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = boto3.client("s3", endpoint_url=state.s3_endpoint or None, region_name=state.region,
-                          **_boto_creds())  # fmt: skip
+                          **_boto_creds(state))  # fmt: skip
     try:
         client.head_bucket(Bucket=state.bucket)
         return
@@ -87,7 +95,7 @@ def bucket_ready(state: StackState) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = boto3.client("s3", endpoint_url=state.s3_endpoint or None, region_name=state.region,
-                          **_boto_creds())  # fmt: skip
+                          **_boto_creds(state))  # fmt: skip
     try:
         client.head_bucket(Bucket=state.bucket)
     except (ClientError, BotoCoreError):
@@ -95,8 +103,9 @@ def bucket_ready(state: StackState) -> bool:
     return True
 
 
-def _boto_creds() -> dict[str, str]:
-    creds = s3_credentials()
+def _boto_creds(state: StackState) -> dict[str, str]:
+    """The admin role's key: the stack itself creates and checks the bucket."""
+    creds = roles.s3_env(state, "admin")
     return {"aws_access_key_id": creds["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": creds["AWS_SECRET_ACCESS_KEY"]}  # fmt: skip
 

@@ -100,6 +100,7 @@ def test_stack_status_answers_for_every_service(stack: StackState) -> None:
     shown = json.loads(proc.stdout)
     assert shown["MLFLOW_TRACKING_URI"] == stack.mlflow_uri
     assert "pg_password" not in proc.stdout and stack.pg_password not in proc.stdout
+    assert all(key["secret"] not in proc.stdout for key in stack.s3_keys.values())
 
 
 def test_prefect_ui_is_told_the_real_api_port(stack: StackState) -> None:
@@ -268,7 +269,7 @@ def test_models_line_lists_one_line(stack, two_lines, params_file: Path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_uri)
     result = CliRunner().invoke(app, ["models", "--line", "press-9", "--params", str(params_file)])
     assert result.exit_code == 0, result.output
-    assert "inspector-press-9 (1 versions)" in result.output
+    assert "inspector-press-9 (1 version)" in result.output
     assert "inspector-press-7" not in result.output
 
 
@@ -326,13 +327,63 @@ def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines)
     shown = granvae("stack", "env", "--root", stack.root, "--role", "device", timeout=120)
     assert "MLFLOW_TRACKING_USERNAME=device" in shown.stdout
     assert stack.mlflow_users["admin"] not in shown.stdout
+    assert "AWS_ACCESS_KEY_ID" not in shown.stdout  # devices get artifacts via MLflow only
+    shown = granvae("stack", "env", "--root", stack.root, "--role", "retrain", timeout=120)
+    assert f"AWS_ACCESS_KEY_ID={stack.s3_keys['retrain']['id']}" in shown.stdout
+
+
+def _s3(stack: StackState, role: str | None):
+    """A boto3 client signing with a role's key (None: a key the server never issued)."""
+    import boto3
+
+    creds = (roles.s3_env(stack, role) if role else
+             {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000", "AWS_SECRET_ACCESS_KEY": "x" * 40})
+    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=stack.region,
+                        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+
+def _s3_code(call) -> int:
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as err:
+        return int(err.response["ResponseMetadata"]["HTTPStatusCode"])
+    return 200
+
+
+def test_s3_checks_every_key_and_has_no_reset_api(stack, two_lines) -> None:
+    """Issue 14: moto answered anyone, and POST /moto-api/reset wiped every artifact and DVC
+    snapshot. Now: no reset API, unsigned or unknown keys 403, the retrain key cannot
+    delete, the admin key can."""
+    for path in ("/moto-api/reset", "/moto-api/reset-auth"):
+        req = urllib.request.Request(stack.s3_endpoint + path, data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code == 403, path
+    anonymous = urllib.request.Request(f"{stack.s3_endpoint}/{stack.bucket}/x", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused.value.code == 403
+    key = s3_keys(stack, "dvc/press-7/")[0]  # a DVC object the retrain wrote
+    bucket = stack.bucket
+    assert _s3_code(lambda: _s3(stack, None).list_objects_v2(Bucket=bucket)) == 403
+    retrain = _s3(stack, "retrain")
+    assert _s3_code(lambda: retrain.get_object(Bucket=bucket, Key=key)) == 200
+    assert _s3_code(lambda: retrain.delete_object(Bucket=bucket, Key=key)) == 403
+    assert _s3_code(lambda: retrain.delete_bucket(Bucket=bucket)) == 403
+    assert key in s3_keys(stack, "dvc/press-7/")  # still there
+    assert all(status(Path(stack.root))[1].values())
 
 
 def test_a_wiped_bucket_fails_status_and_up_recreates_it(stack) -> None:
-    """Last in the module: it wipes the bucket. Issue 14's `moto-api/reset` (still anonymous:
-    docs/security.md "Not yet") made status say every service was up; now it fails."""
-    req = urllib.request.Request(stack.s3_endpoint + "/moto-api/reset", method="POST")
-    urllib.request.urlopen(req, timeout=30).close()
+    """Last in the module: the admin key wipes the bucket (the only key that can); status,
+    which used to say every service was up, fails; `up` recreates the bucket."""
+    admin = _s3(stack, "admin")
+    for key in s3_keys(stack, ""):
+        admin.delete_object(Bucket=stack.bucket, Key=key)
+    admin.delete_bucket(Bucket=stack.bucket)
     _, health = status(Path(stack.root))
     assert health["s3"] and not health["bucket"]
     assert granvae("stack", "status", "--root", stack.root, timeout=120).returncode == 1
