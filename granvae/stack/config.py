@@ -62,6 +62,8 @@ class StackState:
     prefect_auth: str = ""  # "user:password" the Prefect API demands (secret, like pg_password)
     mlflow_users: dict[str, str] = field(default_factory=dict)  # role -> password (secret)
     flask_secret: str = ""  # MLflow's basic-auth app signs its CSRF tokens with it (secret)
+    pg_roles: dict[str, str] = field(default_factory=dict)  # service -> its PG password (secret)
+    pg_logins: dict[str, str] = field(default_factory=dict)  # service -> PG user it logs in as
     # local S3 only: role -> {"id", "secret"}, the keys s3_server.py provisions (secret)
     s3_keys: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -81,9 +83,10 @@ class StackState:
         """The DVC remote prefix for a product line (or the plant-wide default)."""
         return f"s3://{self.bucket}/dvc/{line or 'default'}"
 
-    def pg_url(self, database: str, driver: str = "postgresql") -> str:
+    def pg_url(self, database: str, driver: str = "postgresql", user: str = "") -> str:
         """No password in the URL (it would show in `ps`): clients get PGPASSWORD."""
-        return f"{driver}://{self.pg_user}@127.0.0.1:{self.ports['postgres']}/{database}"
+        login = user or self.pg_user
+        return f"{driver}://{login}@127.0.0.1:{self.ports['postgres']}/{database}"
 
     def client_env(self) -> dict[str, str]:
         """What a shell, a worker or a test needs to use the stack (no secrets)."""
@@ -147,4 +150,5 @@ def as_dict(state: StackState) -> dict[str, Any]:
     out.pop("mlflow_users", None)
     out.pop("flask_secret", None)
     out.pop("s3_keys", None)
+    out.pop("pg_roles", None)
     return out

@@ -19,6 +19,11 @@ from pathlib import Path
 from granvae.stack.config import StackError, StackState
 
 DATABASES = ("mlflow", "mlflow_auth", "prefect")  # mlflow_auth: its users + permissions
+# Each service logs in as its own role, which owns its databases and may connect to no other
+# (PUBLIC's CONNECT is revoked): a leaked MLflow password cannot read or drop Prefect's tables,
+# and the superuser password stays with the stack's own commands (stack.json), never in a
+# service's environment.
+SERVICE_DATABASES = {"mlflow": ("mlflow", "mlflow_auth"), "prefect": ("prefect",)}
 OS_USER = "postgres"
 
 
@@ -168,12 +173,53 @@ def running(state: StackState) -> bool:
                check=False).returncode == 0  # fmt: skip
 
 
+def _psql(state: StackState, sql: str, database: str = "postgres") -> str:
+    """Run SQL as the superuser; the SQL (it may hold a password) goes through stdin, not argv."""
+    user = _run_as()
+    proc = subprocess.run(
+        [str(bindir() / "psql"), "-h", "127.0.0.1", "-p", str(state.ports["postgres"]),
+         "-U", state.pg_user, "-d", database, "-v", "ON_ERROR_STOP=1", "-Atq", "-f", "-"],
+        user=user, input=sql, capture_output=True, text=True,
+        env={**os.environ, "PGPASSWORD": state.pg_password, "LC_ALL": "C"},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise StackError(f"postgres: psql failed (exit {proc.returncode}): "
+                         f"{proc.stderr.strip()[-800:]}; server log {log_file(state)}")  # fmt: skip
+    return proc.stdout
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def create_databases(state: StackState) -> None:
-    """One database per service, created once (idempotent)."""
-    have = _pg(["psql", "-h", "127.0.0.1", "-p", str(state.ports["postgres"]), "-U",
-                state.pg_user, "-d", "postgres", "-Atc", "SELECT datname FROM pg_database"],
-               state, log_file(state)).stdout.split()  # fmt: skip
-    for name in DATABASES:
-        if name not in have:
-            _pg(["createdb", "-h", "127.0.0.1", "-p", str(state.ports["postgres"]),
-                 "-U", state.pg_user, name], state, log_file(state))  # fmt: skip
+    """One role per service, owning its databases (idempotent).
+
+    A database made by an older stack (owned by the superuser) is left to the superuser
+    login, since its tables cannot be handed over in one statement: `state.pg_logins` records
+    which role each service uses, and `docs/security.md` says how to move to per-service
+    roles (a fresh stack root)."""
+    owners = dict(
+        line.split("|", 1)
+        for line in _psql(state, "SELECT datname, pg_get_userbyid(datdba) FROM pg_database")
+        .split()
+    )
+    roles = set(_psql(state, "SELECT rolname FROM pg_roles").split())
+    for service, databases in SERVICE_DATABASES.items():
+        verb = "ALTER" if service in roles else "CREATE"
+        _psql(state, f"{verb} ROLE {service} LOGIN PASSWORD {_literal(state.pg_roles[service])}")
+        legacy = any(owners.get(db, service) != service for db in databases)
+        for db in databases:
+            if db not in owners:
+                _psql(state, f"CREATE DATABASE {db} OWNER {service}")
+            _psql(state, f"REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC")
+        state.pg_logins[service] = state.pg_user if legacy else service
+    _psql(state, "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC")  # admin's only
+    # Prefect's migrations ask for pg_trgm; an extension is the superuser's to create
+    _psql(state, "CREATE EXTENSION IF NOT EXISTS pg_trgm", database="prefect")
+
+
+def login(state: StackState, service: str) -> tuple[str, str]:
+    """(user, password) a service connects with."""
+    user = state.pg_logins.get(service, state.pg_user)
+    return user, state.pg_password if user == state.pg_user else state.pg_roles[service]

@@ -37,6 +37,8 @@ def fill_secrets(state: StackState) -> None:
     for role in ROLES:
         state.mlflow_users.setdefault(role, secrets.token_urlsafe(24))
     state.flask_secret = state.flask_secret or secrets.token_hex(32)
+    for service in ("mlflow", "prefect"):  # their PostgreSQL roles (postgres.create_databases)
+        state.pg_roles.setdefault(service, secrets.token_urlsafe(24))
     if state.local_s3:
         for role in S3_ROLES:
             state.s3_keys.setdefault(role, {
@@ -75,7 +77,10 @@ def auth_config(state: StackState) -> Path:
     """The basic-auth app's ini (it holds the admin and database passwords: 0600)."""
     folder = Path(state.root) / "mlflow"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db = (f"postgresql+psycopg2://{state.pg_user}:{state.pg_password}@127.0.0.1:"
+    from granvae.stack.postgres import login
+
+    user, password = login(state, "mlflow")
+    db = (f"postgresql+psycopg2://{user}:{password}@127.0.0.1:"
           f"{state.ports['postgres']}/mlflow_auth")  # fmt: skip
     path = folder / "auth.ini"
     write_private(path, (

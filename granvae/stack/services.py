@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from granvae.stack import postgres as pg
 from granvae.stack import procs, roles
 from granvae.stack.config import StackError, StackState
 
@@ -36,7 +37,7 @@ def base_env(state: StackState) -> dict[str, str]:
     """The caller's environment + the stack's client settings + the retrain role's S3 key
     (MLflow's artifact proxy, the worker and its flows write objects; none may delete)."""
     return {**os.environ, **state.client_env(), **roles.s3_env(state, "retrain"),
-            "PGPASSWORD": state.pg_password, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DVC_NO_ANALYTICS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
 
 
@@ -113,10 +114,11 @@ def _boto_creds(state: StackState) -> dict[str, str]:
 def start_mlflow(state: StackState) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
            "--port", str(state.ports["mlflow"]), "--workers", "1",
-           "--backend-store-uri", state.pg_url("mlflow", "postgresql+psycopg2"),
+           "--backend-store-uri", state.pg_url("mlflow", "postgresql+psycopg2",
+                                               pg.login(state, "mlflow")[0]),
            "--artifacts-destination", state.artifacts,
            "--app-name", "basic-auth"]  # roles.py: users and permissions  # fmt: skip
-    env = {**base_env(state), **roles.server_env(state)}
+    env = {**base_env(state), **roles.server_env(state), "PGPASSWORD": pg.login(state, "mlflow")[1]}
     return _launch(state, "mlflow", cmd, env, lambda: mlflow_ready(state), 180)
 
 
@@ -126,9 +128,10 @@ def mlflow_ready(state: StackState) -> bool:
 
 def prefect_env(state: StackState) -> dict[str, str]:
     home = Path(state.root) / "prefect-home"
-    url = state.pg_url("prefect", "postgresql+asyncpg").replace(
-        f"{state.pg_user}@", f"{state.pg_user}:{state.pg_password}@"
-    )  # asyncpg reads PGPASSWORD too, but Prefect builds its own pool from the URL
+    user, password = pg.login(state, "prefect")
+    url = state.pg_url("prefect", "postgresql+asyncpg", user).replace(
+        f"{user}@", f"{user}:{password}@"
+    )  # in the environment, not argv; Prefect builds its own pool from the URL
     return {**base_env(state), "PREFECT_HOME": str(home),
             "PREFECT_API_DATABASE_CONNECTION_URL": url,
             # API auth (server demands it, worker and its flows send it); CORS: its own UI only

@@ -332,6 +332,31 @@ def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines)
     assert f"AWS_ACCESS_KEY_ID={stack.s3_keys['retrain']['id']}" in shown.stdout
 
 
+def test_each_service_logs_in_as_its_own_database_role(stack) -> None:
+    """Issue 14: MLflow and Prefect shared the superuser. Now each owns its databases and
+    cannot connect to the other's; the superuser password is in no service's environment."""
+    import psycopg2
+
+    def connect(user: str, database: str) -> bool:
+        try:
+            psycopg2.connect(host="127.0.0.1", port=stack.ports["postgres"], user=user,
+                             password=stack.pg_roles[user], dbname=database,
+                             connect_timeout=10).close()  # fmt: skip
+        except psycopg2.OperationalError as err:
+            assert "permission denied" in str(err), err
+            return False
+        return True
+
+    assert stack.pg_logins == {"mlflow": "mlflow", "prefect": "prefect"}
+    assert connect("mlflow", "mlflow") and connect("mlflow", "mlflow_auth")
+    assert connect("prefect", "prefect")
+    assert not connect("mlflow", "prefect") and not connect("prefect", "mlflow")
+    assert not connect("prefect", "mlflow_auth") and not connect("mlflow", "postgres")
+    for service in ("mlflow", "prefect", "worker"):
+        environ = Path(f"/proc/{stack.pids[service]}/environ").read_bytes()
+        assert stack.pg_password.encode() not in environ, service
+
+
 def _s3(stack: StackState, role: str | None):
     """A boto3 client signing with a role's key (None: a key the server never issued)."""
     import boto3
