@@ -87,6 +87,7 @@ class Device:
         (tmp / "token").write_text(TOKEN + "\n")
         cmd, env = _edge(tmp, "serve", "--bundle", str(bundle), "--port", str(self.port),
                          "--threads", "1", "--capture", str(spool), "--pass-share", "0.5",
+                         "--capture-queue", "4096",
                          "--device-name", DEVICE, "--line", LINE,
                          "--feedback-token-file", str(tmp / "token"))  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -160,6 +161,7 @@ def _flow_runs(deployment_id) -> list:
 
 
 def test_simulated_line_drift_triggers_a_retrain_on_what_the_line_saw(tmp_path, prefect_harness):
+    from granvae.monitor.records import read_stream
     from pipelines import tasks
     from pipelines.config import load_run_config
     from pipelines.monitor import monitor_line
@@ -198,6 +200,8 @@ def test_simulated_line_drift_triggers_a_retrain_on_what_the_line_saw(tmp_path, 
     _ship(tmp_path, spool, landing)
     assert not any(spool.glob("items/*")) and not any(spool.glob("stream/*"))  # all shipped
     assert not (tmp_path / "edge-imports.log").exists()  # the device never loaded torch & co
+    shipped = read_stream(landing).ids  # every inspection of both days, once, across the restart
+    assert sorted(shipped) == sorted(day1["ids"] + day2["ids"])
 
     fired = monitor_line(str(landing), **monitor)
     assert fired["fired"], fired

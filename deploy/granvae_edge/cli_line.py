@@ -21,6 +21,9 @@ def add_capture_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pass-share", type=float, default=0.05, help="share of passes kept")
     g.add_argument("--spool-max-bytes", type=int, default=2 * 1024**3)
     g.add_argument("--spool-max-files", type=int, default=20_000)
+    g.add_argument("--capture-queue", type=int, default=256, metavar="N",
+                   help="frames waiting for the spool's disk; beyond it images are dropped "
+                        "(counted), inspection records are not")
     g.add_argument("--device-name", default="device", help="recorded with every item")
     g.add_argument("--line", default="line", help="product line, recorded with every item")
 
@@ -31,7 +34,8 @@ def capture_from_args(args: argparse.Namespace) -> Capture | None:
         return None
     bounds = SpoolBounds(max_bytes=args.spool_max_bytes, max_files=args.spool_max_files)
     return Capture(CaptureConfig(spool=args.capture, device=args.device_name, line=args.line,
-                                 pass_share=args.pass_share, bounds=bounds))  # fmt: skip
+                                 pass_share=args.pass_share, bounds=bounds,
+                                 queue_size=args.capture_queue))  # fmt: skip
 
 
 def token_from_args(args: argparse.Namespace) -> str | None:
