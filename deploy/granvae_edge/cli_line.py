@@ -10,7 +10,7 @@ from pathlib import Path
 from .capture import Capture, CaptureConfig
 from .feedback import KINDS, FeedbackError, record_feedback
 from .feedback_token import load_token
-from .ship import ShipError, ship
+from .ship import ShipError, landing_for, ship
 from .spool import SpoolBounds
 
 
@@ -56,7 +56,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def cmd_ship(args: argparse.Namespace) -> int:
     try:
-        report = ship(args.spool, args.to)
+        report = ship(args.spool, landing_for(args.to, args.endpoint_url))
     except (ShipError, OSError) as exc:
         print(f"granvae-edge: ship failed: {exc}", file=sys.stderr)
         return 2
@@ -78,7 +78,10 @@ def add_line_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ship", help="move the spool to the landing zone (idempotent)")
     p.add_argument("--spool", required=True)
-    p.add_argument("--to", required=True, type=Path, help="landing zone folder")
+    p.add_argument("--to", required=True,
+                   help="landing zone: a folder, or s3://bucket/prefix (needs boto3)")
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3 endpoint (MinIO, a local test server); default AWS_ENDPOINT_URL")
     p.set_defaults(func=cmd_ship)
 
 
