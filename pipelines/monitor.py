@@ -9,13 +9,15 @@ origin kept), and the triggered run's `overrides` point `pipeline.landing` at it
 deployment's own overrides (the line's model, data repository, remote) are merged under, not
 replaced. The reasons are the triggered run's tags (`monitor`, `monitor:<test>`), and one
 firing starts one run: the idempotency key is the deployment, the model and the part the
-CUSUM fired at, so the next scheduled pass over the same drift returns the same run.
+CUSUM fired at (window tests alone: the tests that fired and the UTC day), so the next
+scheduled pass over the same drift returns the same run.
 Not yet done: copying the reason onto the MLflow run and the registered version. Schedule it
 per line like any flow (`monitor_line.serve(cron=...)`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -48,7 +50,10 @@ def _trigger(deployment: str, report: dict[str, Any], model: str | None,
     if ingest_into:
         overrides = merge(overrides, {"pipeline": {"landing": ingest_into}})
     tests = sorted({r.split(":", 1)[0] for r in report["reasons"]})
-    fired_at = report["cusum"].get("fired_at_item") or ",".join(tests)
+    # The CUSUM's firing part names one drift; window tests alone have no such point, so
+    # they start at most one run per model, set of tests and UTC day.
+    day = datetime.datetime.now(datetime.UTC).date().isoformat()
+    fired_at = report["cusum"].get("fired_at_item") or f"{','.join(tests)}@{day}"
     return run_deployment(
         deployment, timeout=0, parameters={"overrides": overrides},
         tags=["granvae", "monitor", *(f"monitor:{t}" for t in tests)],
