@@ -7,7 +7,8 @@ and MinIO check it; moto's test server does not), and as
 object metadata ``sha256``, which is how a repeated ship sees that a key already holds these
 bytes and skips it. An upload counts as confirmed only when S3 answered it and its ETag (the
 MD5 of a single-part upload) equals the MD5 of the bytes read from the spool; only then may
-ship delete the spool's copy.
+ship delete the spool's copy. (A bucket encrypting with SSE-KMS answers ETags that are not
+MD5s: every upload then stays unconfirmed and nothing leaves the spool; not supported yet.)
 
 Credentials are boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile,
 an instance role); the endpoint is ``--endpoint-url`` or AWS_ENDPOINT_URL (MinIO, the stack's
