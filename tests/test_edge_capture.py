@@ -85,6 +85,9 @@ def test_submit_never_waits_for_a_stalled_disk(tmp_path):
     counts = cap.snapshot()["counts"]
     assert counts["queue_full_reject"] >= 190  # a blocking put would have dropped none
     assert counts["inspected_reject"] + counts["queue_full_reject"] == 200
+    stream = _stream(tmp_path / "spool")  # the monitor still sees every inspection
+    assert len(stream) == 200 and len({r["id"] for r in stream}) == 200
+    assert sum(not r["captured"] for r in stream) == counts["queue_full_reject"]
 
 
 def test_power_cut_leftovers_are_removed_on_open(tmp_path):

@@ -57,6 +57,33 @@ def test_landing_zone_becomes_training_and_evaluation_images(tmp_path):
 
     layout = validate_folder(folder, None, 1)  # what `granvae retrain --landing` checks first
     assert len(layout.train) == counts["train/good"] and "scratch" in layout.class_names
+    _store_keeps_the_origins(folder, tmp_path / "store", alarm_real)
+
+
+def _store_keeps_the_origins(folder, store, scratch_item: str) -> None:
+    """The retrain's import copies each imported image's origin into the dataset store (the
+    folder DVC versions); the manifest pins the file, so an edited origin is refused."""
+    import pytest
+
+    from granvae.data import DataValidationError, check_dataset, import_mvtec, load_dataset
+    from granvae.data.provenance import STORE_PROVENANCE, read_provenance
+
+    manifest = import_mvtec(folder, store)
+    assert manifest["provenance"]["rows"] == 12
+    origins = read_provenance(store)
+    splits, _ = load_dataset(store)
+    names = [n for split in splits.values() for n in split.names]
+    assert sorted(names) == sorted(origins)  # every stored image has its origin, no extra row
+    scratch = next(o for n, o in origins.items() if n.startswith("test/scratch/"))
+    assert scratch["item_id"] == scratch_item and scratch["model_sha256"] == "m" * 64
+    assert scratch["feedback"][0]["verdict"] == "real_defect"
+    check_dataset(store)
+    path = store / STORE_PROVENANCE
+    path.write_text(path.read_text().replace("cam-3", "cam-9"))
+    with pytest.raises(DataValidationError, match="sha256 mismatch"):
+        check_dataset(store)
+    with pytest.raises(DataValidationError, match="sha256 mismatch"):
+        read_provenance(store)
 
 
 def test_ingest_line_cli_refuses_a_folder_that_is_not_a_landing_zone(tmp_path):

@@ -2,9 +2,14 @@
 
 ``Capture.submit`` is called on the scoring path; it only builds two small dicts, decides
 whether to keep the image and puts the work on a bounded queue (never waiting: a full queue
-drops the item and counts it). One writer thread owns the disk: it writes kept frames with
-their records into the spool (spool.py: atomic, bounded) and flushes the compact record of
-every inspection in segments (every ``segment_size`` records or ``segment_seconds``).
+drops the item's image and counts it). One writer thread owns the disk: it writes kept frames
+with their records into the spool (spool.py: atomic, bounded) and flushes the compact record
+of every inspection in segments (every ``segment_size`` records or ``segment_seconds``).
+
+A full queue (a disk slower than the line) costs images, never the monitor's view: the compact
+record of an inspection that found the queue full is set aside in memory (a few hundred bytes,
+up to ``STREAM_BACKLOG`` records, then counted as ``stream_lost``) and written with the next
+segment, marked ``captured: false``.
 
 What is kept: every reject, every invalid frame, and a share ``pass_share`` of passes (a
 seeded coin, so a test can predict it). Every inspection, kept or not, leaves a compact record
@@ -28,6 +33,7 @@ from typing import Any
 from .spool import Spool, SpoolBounds
 
 VERDICTS = ("pass", "reject", "invalid")
+STREAM_BACKLOG = 100_000  # compact records held while the queue is full (~30 MB at most)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Capture:
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None  # the writer's last disk error, shown in /metrics
         self._pending: list[dict[str, Any]] = []
+        self._unqueued: list[dict[str, Any]] = []  # compact records a full queue turned away
         self._segment_started = time.monotonic()
         self._segments = itertools.count()
         self._thread = threading.Thread(target=self._writer, name="capture-writer", daemon=True)
@@ -106,15 +113,19 @@ class Capture:
                       "line": self.config.line, "image_bytes": len(image),
                       "image_sha256": hashlib.sha256(image).hexdigest(),
                       "checks": checks or {}, "feedback": []}  # fmt: skip
-        self._put(("inspection", (compact, record, image if keep else None)), verdict)
+        self._put(("inspection", (compact, record, image if keep else None)), verdict, compact)
         return item_id
 
-    def _put(self, job: tuple[str, Any], verdict: str) -> None:
+    def _put(self, job: tuple[str, Any], verdict: str, compact: dict[str, Any]) -> None:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             with self._lock:
                 self.counts[f"queue_full_{verdict}"] += 1
+                if len(self._unqueued) < STREAM_BACKLOG:
+                    self._unqueued.append({**compact, "captured": False})
+                else:
+                    self.counts["stream_lost"] += 1
             return
         with self._lock:
             self.counts[f"inspected_{verdict}"] += 1
@@ -136,8 +147,14 @@ class Capture:
                     self.counts["write_errors"] += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
 
+    def _take_unqueued(self) -> None:
+        with self._lock:
+            unqueued, self._unqueued = self._unqueued, []
+        self._pending.extend(unqueued)
+
     def _handle(self, job: tuple[str, Any]) -> None:
         kind, payload = job
+        self._take_unqueued()
         if kind == "inspection":
             compact, record, image = payload
             if record is not None:
@@ -151,6 +168,7 @@ class Capture:
             self._flush()
 
     def _flush(self) -> None:
+        self._take_unqueued()
         if self._pending:
             self.spool.write_segment(f"{self._prefix}-{next(self._segments):06d}", self._pending)
             self._pending = []

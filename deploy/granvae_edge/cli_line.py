@@ -10,7 +10,7 @@ from pathlib import Path
 from .capture import Capture, CaptureConfig
 from .feedback import KINDS, FeedbackError, record_feedback
 from .feedback_token import load_token
-from .ship import ShipError, ship
+from .ship import ShipError, landing_for, ship
 from .spool import SpoolBounds
 
 
@@ -21,6 +21,9 @@ def add_capture_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pass-share", type=float, default=0.05, help="share of passes kept")
     g.add_argument("--spool-max-bytes", type=int, default=2 * 1024**3)
     g.add_argument("--spool-max-files", type=int, default=20_000)
+    g.add_argument("--capture-queue", type=int, default=256, metavar="N",
+                   help="frames waiting for the spool's disk; beyond it images are dropped "
+                        "(counted), inspection records are not")
     g.add_argument("--device-name", default="device", help="recorded with every item")
     g.add_argument("--line", default="line", help="product line, recorded with every item")
 
@@ -31,7 +34,8 @@ def capture_from_args(args: argparse.Namespace) -> Capture | None:
         return None
     bounds = SpoolBounds(max_bytes=args.spool_max_bytes, max_files=args.spool_max_files)
     return Capture(CaptureConfig(spool=args.capture, device=args.device_name, line=args.line,
-                                 pass_share=args.pass_share, bounds=bounds))  # fmt: skip
+                                 pass_share=args.pass_share, bounds=bounds,
+                                 queue_size=args.capture_queue))  # fmt: skip
 
 
 def token_from_args(args: argparse.Namespace) -> str | None:
@@ -52,7 +56,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def cmd_ship(args: argparse.Namespace) -> int:
     try:
-        report = ship(args.spool, args.to)
+        report = ship(args.spool, landing_for(args.to, args.endpoint_url))
     except (ShipError, OSError) as exc:
         print(f"granvae-edge: ship failed: {exc}", file=sys.stderr)
         return 2
@@ -74,7 +78,10 @@ def add_line_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ship", help="move the spool to the landing zone (idempotent)")
     p.add_argument("--spool", required=True)
-    p.add_argument("--to", required=True, type=Path, help="landing zone folder")
+    p.add_argument("--to", required=True,
+                   help="landing zone: a folder, or s3://bucket/prefix (needs boto3)")
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3 endpoint (MinIO, a local test server); default AWS_ENDPOINT_URL")
     p.set_defaults(func=cmd_ship)
 
 

@@ -1,4 +1,4 @@
-"""Ship the spool to the line's landing zone (a folder: a share, a mounted bucket).
+"""Ship the spool to the line's landing zone: a folder (a share) or an S3 bucket (landing_s3.py).
 
 Landing zone layout:
 
@@ -12,7 +12,9 @@ feedback lock) before it is copied, so a verdict arriving meanwhile becomes a st
 instead of being lost; each file is copied to a temporary name, fsynced and renamed, then read
 back and hashed; only when the landing zone's copy hashes equal to the spool's is the spool's
 copy deleted. An object already in the landing zone with the right hash is not copied again,
-so a ship repeated after an interruption copies nothing twice and loses nothing.
+so a ship repeated after an interruption copies nothing twice and loses nothing. Both kinds
+of landing zone keep these rules behind one small interface (``put`` a file under a key,
+confirmed; ``has_object`` by content hash).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .feedback import spool_lock
 from .spool import SHIPPING_SUFFIX, TMP_SUFFIX, _fsync_dir
@@ -57,6 +60,40 @@ def _copy_verified(src: Path, dst: Path, expected: str) -> bool:
     return True
 
 
+class Landing(Protocol):
+    """Where ship puts files: keys are landing-zone paths such as ``objects/<sha>.png``."""
+
+    def put(self, key: str, src: Path, sha256: str) -> bool:
+        """Store ``src`` under ``key`` unless it is there with ``sha256``; True when bytes
+        moved. Returns only once the landing zone confirmed the copy (else ShipError)."""
+        ...
+
+    def has_object(self, sha256: str) -> bool:
+        """Is an image with this content hash already there (``objects/<sha256>.*``)?"""
+        ...
+
+
+@dataclass(frozen=True)
+class FolderLanding:
+    root: Path
+
+    def put(self, key: str, src: Path, sha256: str) -> bool:
+        return _copy_verified(src, self.root / key, sha256)
+
+    def has_object(self, sha256: str) -> bool:
+        return any((self.root / "objects").glob(f"{sha256}.*"))
+
+
+def landing_for(dest: str | Path, endpoint_url: str | None = None) -> Landing:
+    """``s3://bucket/prefix`` -> an S3 landing zone (boto3, the standard AWS credentials);
+    anything else is a folder."""
+    if str(dest).startswith("s3://"):
+        from .landing_s3 import S3Landing  # boto3 only when shipping to a bucket
+
+        return S3Landing.from_url(str(dest), endpoint_url)
+    return FolderLanding(Path(dest))
+
+
 @dataclass
 class ShipReport:
     items: int = 0
@@ -81,7 +118,7 @@ def _claim_records(spool: Path) -> list[Path]:
     return sorted(items.glob("*.json" + SHIPPING_SUFFIX))
 
 
-def _ship_item(claimed: Path, dest: Path, report: ShipReport) -> None:
+def _ship_item(claimed: Path, dest: Landing, report: ShipReport) -> None:
     item_id = claimed.name.split(".", 1)[0]
     record = json.loads(claimed.read_text())
     images = [p for p in claimed.parent.glob(f"{item_id}.*") if not p.name.startswith(claimed.name)
@@ -89,15 +126,14 @@ def _ship_item(claimed: Path, dest: Path, report: ShipReport) -> None:
     expected = record.get("image_sha256")
     if images:
         image = images[0]
-        target = dest / "objects" / f"{expected}{image.suffix}"
-        if _copy_verified(image, target, expected):
+        if dest.put(f"objects/{expected}{image.suffix}", image, expected):
             report.objects_copied += 1
             report.bytes_copied += image.stat().st_size
         else:
             report.objects_already_there += 1
-    elif not list((dest / "objects").glob(f"{expected}.*")):
+    elif not dest.has_object(expected):
         raise ShipError(f"item {item_id}: image missing from the spool and the landing zone")
-    _copy_verified(claimed, dest / "records" / f"{item_id}.json", sha256_of(claimed))
+    dest.put(f"records/{item_id}.json", claimed, sha256_of(claimed))
     report.records += 1
     for image in images:  # confirmed: the landing zone holds both
         image.unlink()
@@ -105,23 +141,27 @@ def _ship_item(claimed: Path, dest: Path, report: ShipReport) -> None:
     report.items += 1
 
 
-def _ship_files(folder: Path, pattern: str, dest: Path) -> tuple[int, int]:
+def _ship_files(folder: Path, pattern: str, dest: Landing, sub: str) -> tuple[int, int]:
     shipped = copied = 0
     for path in sorted(folder.glob(pattern)):
         size = path.stat().st_size
-        if _copy_verified(path, dest / path.name, sha256_of(path)):
+        if dest.put(f"{sub}/{path.name}", path, sha256_of(path)):
             copied += size
         path.unlink()
         shipped += 1
     return shipped, copied
 
 
-def ship(spool: str | Path, dest: str | Path) -> ShipReport:
-    """Move everything finished in ``spool`` to ``dest``; errors are per item and reported."""
-    spool, dest = Path(spool), Path(dest)
+def ship(spool: str | Path, dest: str | Path | Landing) -> ShipReport:
+    """Move everything finished in ``spool`` to ``dest`` (a folder, ``s3://bucket/prefix``
+    or a Landing); errors are per item and reported."""
+    spool = Path(spool)
     if not (spool / "items").is_dir():
         raise ShipError(f"{spool} is not a capture spool (no items/ folder)")
-    dest.mkdir(parents=True, exist_ok=True)
+    if isinstance(dest, (str, Path)):
+        dest = landing_for(dest)
+    if isinstance(dest, FolderLanding):
+        dest.root.mkdir(parents=True, exist_ok=True)
     report = ShipReport()
     for claimed in _claim_records(spool):
         try:
@@ -130,7 +170,7 @@ def ship(spool: str | Path, dest: str | Path) -> ShipReport:
             report.errors.append(f"{claimed.name}: {exc}")
     for sub, pattern in (("stream", "*.jsonl"), ("feedback", "*.json")):
         try:
-            n, copied = _ship_files(spool / sub, pattern, dest / sub)
+            n, copied = _ship_files(spool / sub, pattern, dest, sub)
         except (OSError, ShipError) as exc:
             report.errors.append(f"{sub}: {exc}")
             continue

@@ -26,6 +26,7 @@ from granvae.data.base import DatasetMeta, Split, make_split, take
 from granvae.data.frames import source_block
 from granvae.data.images import MAX_PIXELS, Size, decode, mask_to_array, to_array
 from granvae.data.layout import FolderEntry, FolderLayout
+from granvae.data.provenance import folder_rows, rows_bytes
 from granvae.data.store import SHARD_BYTES, SHARD_SIZE, SplitSource, write_dataset_streamed
 from granvae.data.validate import validate_dataset, validate_folder
 
@@ -135,7 +136,9 @@ def import_mvtec(
     it into the bundle's frame contract (granvae.data.frames).
 
     bit_depth: 8, or a 16-bit mono camera's depth (e.g. 12: window 0..4095 -> 0..255).
-    max_pixels: header-checked cap per image, before any pixel is decoded."""
+    max_pixels: header-checked cap per image, before any pixel is decoded.
+    A folder filled by ``granvae ingest-line`` has line_provenance.jsonl: the rows of the
+    imported images go into the store as provenance.jsonl (granvae.data.provenance)."""
     layout, hw = _validated(root, image_size, channels, val_fraction, mixed, bit_depth,
                             max_pixels)  # fmt: skip
     train_idx, val_idx = carve_val(len(layout.train), val_fraction, seed)
@@ -146,4 +149,7 @@ def import_mvtec(
     }
     meta = _meta(layout, hw, channels, seed)
     source = source_block(layout.source_hw, hw, bit_depth, channels)
-    return write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes, source)
+    rows = folder_rows(root, (e.name for e in (*layout.train, *layout.test)))
+    provenance = (rows_bytes(rows), len(rows)) if rows else None
+    return write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes, source,
+                                  provenance)  # fmt: skip

@@ -13,7 +13,8 @@ to an MVTec-style folder (granvae.data.layout) that ``granvae retrain --landing`
 
 Files are named by content hash, so ingesting the same landing zone twice adds nothing. Every
 added image's origin (item, device, line, time, model, verdicts) is appended to
-``<folder>/line_provenance.jsonl``.
+``<folder>/line_provenance.jsonl``; ``import_mvtec`` (the retrain's ingest) copies the rows of
+the images it imports into the dataset store, which DVC versions (granvae.data.provenance).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-PROVENANCE = "line_provenance.jsonl"
+from granvae.data.provenance import LANDING_PROVENANCE as PROVENANCE
 
 
 def _destination(record: dict, verdicts: list[dict]) -> str | None:

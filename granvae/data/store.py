@@ -49,6 +49,7 @@ from granvae.data.base import (
     concat_splits,
     take,
 )
+from granvae.data.provenance import STORE_PROVENANCE, check_file, manifest_entry
 from granvae.data.validate import (
     SPLITS,
     meta_problems,
@@ -149,10 +150,11 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 def _write_into(
     folder: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int,
-    origin: dict[str, Any] | None = None,
+    origin: dict[str, Any] | None = None, provenance: tuple[bytes, int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Shards then manifest into `folder`, each shard validated as it is made; returns the
-    manifest, or raises one DataValidationError naming every bad row of every shard."""
+    manifest, or raises one DataValidationError naming every bad row of every shard.
+    ``provenance``: (bytes, rows) of granvae.data.provenance, written beside the shards."""
     shards, summary, problems = [], {}, []
     for name in SPLITS:
         source = sources[name]
@@ -178,6 +180,9 @@ def _write_into(
     manifest.update(splits=summary, shards=shards)
     if origin is not None:  # what an import read, before resizing (granvae.data.frames)
         manifest["source"] = origin
+    if provenance is not None:  # where line images came from (granvae.data.provenance)
+        _write_file(folder / STORE_PROVENANCE, provenance[0])
+        manifest["provenance"] = manifest_entry(*provenance)
     _write_file(folder / MANIFEST, manifest_bytes(manifest))
     return manifest
 
@@ -189,7 +194,9 @@ def _refuse_non_dataset(out: Path) -> None:
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder; refusing to overwrite it")
     strangers = sorted(
-        p.name for p in out.iterdir() if p.name != MANIFEST and not p.name.endswith(".npz")
+        p.name
+        for p in out.iterdir()
+        if p.name not in (MANIFEST, STORE_PROVENANCE) and not p.name.endswith(".npz")
     )
     has_files = any(out.iterdir())
     if strangers or (has_files and not (out / MANIFEST).is_file()):
@@ -218,6 +225,7 @@ def write_dataset_streamed(
     shard_size: int = SHARD_SIZE,
     shard_bytes: int = SHARD_BYTES,
     source: dict[str, Any] | None = None,
+    provenance: tuple[bytes, int] | None = None,
 ) -> dict[str, Any]:
     """write_dataset for rows made on demand: the same bytes for the same rows, one shard in
     memory at a time; every shard is validated and nothing is kept unless all pass."""
@@ -227,18 +235,18 @@ def write_dataset_streamed(
     if problems:
         raise DataValidationError(problems)
     per_shard = rows_per_shard(meta, shard_size, shard_bytes)
-    return _write_atomically(Path(out_dir), sources, meta, per_shard, source)
+    return _write_atomically(Path(out_dir), sources, meta, per_shard, source, provenance)
 
 
 def _write_atomically(
     out: Path, sources: dict[str, SplitSource], meta: DatasetMeta, per_shard: int,
-    source: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None, provenance: tuple[bytes, int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     _refuse_non_dataset(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _write_into(tmp, sources, meta, per_shard, source)
+        manifest = _write_into(tmp, sources, meta, per_shard, source, provenance)
         directory = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -371,6 +379,8 @@ def check_dataset(directory: str | Path) -> dict[str, Any]:
         if p.name not in listed
     ]
     problems += meta_problems(meta_from_manifest(manifest))
+    if "provenance" in manifest:
+        problems += check_file(directory, manifest["provenance"])
     summaries = {}
     for name in SPLITS:
         summaries[name], split_problems_ = _check_split(directory, manifest, name)
