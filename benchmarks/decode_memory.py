@@ -30,8 +30,9 @@ Image.new("L", (N, 1)).save(f"{out}/strip.png")
 open(f"{out}/small.png", "wb").write(png_bytes(np.full((32, 32), 128, np.uint8)))
 b = make_bundle(f"{out}/b", threshold=3.0)
 PROBE = (
-    "import resource,sys\nfrom granvae_edge.cli import main\nmain(sys.argv[1:])\n"
-    "print('KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    "import sys\nfrom granvae_edge.cli import main\nmain(sys.argv[1:])\n"
+    "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0].split()[1]\n"
+    "print('KB', int(hwm), file=sys.stderr)"
 )
 env = dict(os.environ, PYTHONPATH=deploy)
 
@@ -67,7 +68,7 @@ for name in ("bomb16.png", "strip.png"):
 # Concurrent bombs against a server with inflight 2: peak RSS against the stated bound, with
 # the server's allocator tuning (limits.steady_allocator) and without it, side by side.
 SERVER_PROBE = """
-import json, resource, sys, threading, urllib.request
+import json, sys, threading, urllib.request
 import granvae_edge.server as srv
 from granvae_edge.server import ServerLimits, make_server
 if sys.argv[1] == "off":
@@ -86,7 +87,8 @@ def send():
 for _ in range(2):  # two waves: new handler threads each time
     ts = [threading.Thread(target=send) for _ in range(int(sys.argv[5]))]
     [t.start() for t in ts]; [t.join() for t in ts]
-print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+hwm = [x for x in open("/proc/self/status") if x.startswith("VmHWM:")][0].split()[1]
+print(json.dumps({"peak_kb": int(hwm),
                   "bound": s.memory_bound(), "codes": sorted(set(codes))}))
 """
 for clients in (4, 16):
