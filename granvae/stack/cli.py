@@ -102,7 +102,7 @@ def env_cmd(
     role: Annotated[
         str | None,
         typer.Option(help="also export this role's MLflow user and password, and its local S3 "
-                    "key (admin, retrain): admin|retrain|device"),
+                    "key (admin, retrain): admin|retrain|promoter|device"),
     ] = None,
 ) -> None:
     """`export` lines for a shell: eval "$(granvae stack env)" (no secrets unless asked)."""

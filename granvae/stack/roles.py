@@ -1,13 +1,17 @@
 """Roles on the stack's MLflow: who may read, who may write, and their credentials files.
 
 Why: with an open registry any local process could delete a registered model or move an alias
-(issue 14). MLflow's basic-auth app (`mlflow server --app-name basic-auth`, users and
-permissions in the stack's PostgreSQL, database `mlflow_auth`) checks every request; new users
-get READ on everything and MANAGE on what they create.
+(issue 14). The stack's MLflow runs ``mlflow server --app-name granvae-auth``
+(granvae/stack/mlflow_app.py): MLflow's basic-auth app (users and permissions in the stack's
+PostgreSQL, database `mlflow_auth`; new users get READ on everything and MANAGE on what they
+create) plus the rules MLflow's permissions cannot state: only a promoter or an admin moves
+`champion`, only an admin deletes models or versions.
 
-Roles: ``admin`` (everything: promotion, user management), ``retrain`` (the worker's flows:
-create runs, models and versions, and the `challenger` alias on its own models), ``device``
-(read: `granvae-edge pull`). Each role's ``KEY=VALUE`` credentials file lives in
+Roles: ``admin`` (everything: user management, deletes), ``retrain`` (the worker's flows:
+create runs, models and versions, and the `challenger` alias), ``promoter`` (`granvae promote`
+and rollback, or the UI: moves `champion`, writes the promotion record; MANAGE on every model,
+granted as models are created and again at every `stack up`), ``device`` (read:
+`granvae-edge pull`). Each role's ``KEY=VALUE`` credentials file lives in
 ``<root>/credentials/<role>.env``, created 0600 from the first byte; ``granvae stack env --role
 R`` prints the same lines as exports.
 """
@@ -24,12 +28,14 @@ from pathlib import Path
 
 from granvae.stack.config import StackError, StackState, s3_credentials
 
-ROLES = ("admin", "retrain", "device")
+ROLES = ("admin", "retrain", "promoter", "device")
 # Roles with a key on the local S3 server (s3_server.policy): admin (everything, e.g. wiping
 # and recreating the bucket), retrain (objects: read, list, write; never delete). Devices
-# get artifacts through MLflow's proxy and hold no S3 key.
+# and the promoter get artifacts through MLflow's proxy and hold no S3 key.
 S3_ROLES = ("admin", "retrain")
 USERS_API = "/api/2.0/mlflow/users"
+MODELS_API = "/api/2.0/mlflow/registered-models"
+GRANT_API = "/api/3.0/mlflow/users/permissions/grant"
 
 
 def fill_secrets(state: StackState) -> None:
@@ -112,21 +118,49 @@ def credentials_file(state: StackState, role: str) -> Path:
     return Path(state.root) / "credentials" / f"{role}.env"
 
 
-def _create_user(state: StackState, role: str) -> None:
+def _admin_call(state: StackState, method: str, path: str, body: dict | None, what: str,
+                tolerate: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    """One MLflow REST call as the stack's admin; ``tolerate``: error texts that mean done."""
     admin = base64.b64encode(f"admin:{state.mlflow_users['admin']}".encode()).decode()
-    body = json.dumps({"username": role, "password": state.mlflow_users[role]}).encode()
+    data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json", "Authorization": f"Basic {admin}"}
-    req = urllib.request.Request(f"{state.mlflow_uri}{USERS_API}/create", data=body,
-                                 method="POST", headers=headers)  # fmt: skip
+    req = urllib.request.Request(f"{state.mlflow_uri}{path}", data=data, method=method,
+                                 headers=headers)  # fmt: skip
     try:
-        urllib.request.urlopen(req, timeout=30).close()
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         text = exc.read().decode("utf-8", "replace")
-        if "RESOURCE_ALREADY_EXISTS" not in text and "already exists" not in text:
-            why = f"HTTP {exc.code} {text[:200]}"
-            raise StackError(f"mlflow: cannot create user {role!r}: {why}") from None
+        if any(t in text for t in tolerate):
+            return {}
+        raise StackError(f"mlflow: cannot {what}: HTTP {exc.code} {text[:200]}") from None
     except OSError as exc:
-        raise StackError(f"mlflow: cannot create user {role!r}: {exc}") from exc
+        raise StackError(f"mlflow: cannot {what}: {exc}") from exc
+
+
+def _create_user(state: StackState, role: str) -> None:
+    body = {"username": role, "password": state.mlflow_users[role]}
+    _admin_call(state, "POST", f"{USERS_API}/create", body, f"create user {role!r}",
+                ("RESOURCE_ALREADY_EXISTS", "already exists"))  # fmt: skip
+
+
+def grant_promoter(state: StackState) -> int:
+    """MANAGE for the promoter on every registered model (the app grants it on new ones; this
+    covers models made before the role existed, or while the promoter user was missing)."""
+    token, names = None, []
+    while True:
+        query = "?max_results=1000" + (f"&page_token={token}" if token else "")
+        page = _admin_call(state, "GET", f"{MODELS_API}/search{query}", None, "list models")
+        names += [m["name"] for m in page.get("registered_models", [])]
+        token = page.get("next_page_token")
+        if not token:
+            break
+    for name in names:  # an existing grant is left as it is (only the stack makes them)
+        body = {"username": "promoter", "resource_type": "registered_model",
+                "resource_id": name, "permission": "MANAGE"}  # fmt: skip
+        _admin_call(state, "POST", GRANT_API, body, f"grant promoter MANAGE on {name!r}",
+                    ("already exists", "ALREADY_EXISTS"))  # fmt: skip
+    return len(names)
 
 
 def ensure_users(state: StackState) -> None:
@@ -134,6 +168,7 @@ def ensure_users(state: StackState) -> None:
     for role in ROLES:
         if role != "admin":
             _create_user(state, role)
+    grant_promoter(state)
     folder = Path(state.root) / "credentials"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     for role in ROLES:

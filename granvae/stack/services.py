@@ -117,7 +117,7 @@ def start_mlflow(state: StackState) -> int:
            "--backend-store-uri", state.pg_url("mlflow", "postgresql+psycopg2",
                                                pg.login(state, "mlflow")[0]),
            "--artifacts-destination", state.artifacts,
-           "--app-name", "basic-auth"]  # roles.py: users and permissions  # fmt: skip
+           "--app-name", "granvae-auth"]  # roles.py, mlflow_app.py: users, rules  # fmt: skip
     env = {**base_env(state), **roles.server_env(state), "PGPASSWORD": pg.login(state, "mlflow")[1]}
     return _launch(state, "mlflow", cmd, env, lambda: mlflow_ready(state), 180)
 

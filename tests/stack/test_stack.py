@@ -308,7 +308,8 @@ def _registry_write(stack: StackState, user: str | None, path: str, body: dict) 
 
 
 def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines) -> None:
-    """Issue 14: anonymous model delete, alias move and tag write; now 401 (403 for device)."""
+    """Issue 14: anonymous model delete, alias move and tag write; now 401 (403 for device).
+    The retrain user that registered the model cannot move `champion`; the promoter can."""
     name = "inspector-press-7"
     writes = [("registered-models/alias", {"name": name, "alias": "champion", "version": "1"}),
               ("registered-models/set-tag", {"name": name, "key": "k", "value": "v"}),
@@ -322,6 +323,10 @@ def test_registry_writes_need_a_role_and_the_device_only_reads(stack, two_lines)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(delete, timeout=30)
     assert refused.value.code == 401
+    # the flow's own user registered the model but may not promote it; the promoter may
+    promote = writes[0]
+    assert _registry_write(stack, "retrain", *promote) == 403
+    assert _registry_write(stack, "promoter", *promote) == 200
     for role in roles.ROLES:
         assert stat.S_IMODE(roles.credentials_file(stack, role).stat().st_mode) == 0o600
     shown = granvae("stack", "env", "--root", stack.root, "--role", "device", timeout=120)
