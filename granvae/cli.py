@@ -85,6 +85,11 @@ def data_import(
     max_pixels: Annotated[
         int, typer.Option(min=1, help="refuse images whose header says more pixels than this")
     ] = 64_000_000,
+    val_fraction: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.95,
+                     help="share of train/good held out to calibrate the threshold"),
+    ] = 0.1,  # fmt: skip
 ) -> None:
     """Validate an MVTec-style folder and write it as a dataset store, one shard at a time."""
     from granvae.data import import_mvtec
@@ -93,6 +98,7 @@ def data_import(
         manifest = import_mvtec(
             root, out, image_size=image_size, channels=channels, mixed=mixed,
             shard_bytes=shard_mb * 2**20, bit_depth=bit_depth, max_pixels=max_pixels,
+            val_fraction=val_fraction,
         )  # fmt: skip
     except ValueError as err:
         _fail(str(err))
@@ -104,6 +110,8 @@ def data_import(
         f"imported {root} into [bold]{out}[/bold] at {h}x{w} (HxW), {c} channel(s), "
         f"{len(manifest['shards'])} shard(s): {counts}"
     )
+    for notice in manifest["notices"]:
+        console.print(f"[yellow]note:[/yellow] {notice}", highlight=False)
 
 
 @data_app.command("check")

@@ -47,10 +47,12 @@ def ingest(settings: Settings, landing: str | None, staging: str) -> str:
     data = settings.data
     if landing:
         log.info("ingesting landing folder %s", landing)
-        import_mvtec(  # one shard's files decoded at a time: landing folders can be large
+        manifest = import_mvtec(  # one shard's files decoded at a time: folders can be large
             landing, staging, image_size=data.image_size, channels=data.channels,
             mixed=data.mixed, bit_depth=data.bit_depth,
         )  # fmt: skip
+        for notice in manifest["notices"]:
+            log.warning("landing %s: %s", landing, notice)
         return staging
     log.info("generating %s data (seed %s)", data.source, data.seed)
     splits, meta = generate(

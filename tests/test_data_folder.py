@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,34 @@ def test_generated_surfaces_survive_a_png_folder_round_trip(tmp_path):
         got_rows = got.labels == lmeta.class_names.index(cls)
         assert np.array_equal(got.images[got_rows], test.images[rows])
         assert np.array_equal(got.masks[got_rows], test.masks[rows])
+
+
+def test_import_says_what_it_resized_turned_grey_and_cannot_calibrate(bottle, tmp_path):
+    """Issue 16: an 80x64 part resized, a colour JPEG turned grey and 1 calibration image, said
+    by `granvae data import` (its own process) when it happens; a clean import says nothing."""
+    import subprocess
+    import sys
+
+    _save(bottle / "train/good/g5.png", Image.fromarray(np.full((64, 80), 90, np.uint8)))
+    cli = [str(Path(sys.executable).parent / "granvae"), "data", "import"]
+    wide = {**os.environ, "COLUMNS": "400"}  # one notice per line
+    done = subprocess.run([*cli, str(bottle), "--out", str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=120, env=wide)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 3, done.stdout
+    assert "validation split: 1 good images (10% of 6" in notes[0] and ">= 99" in notes[0]
+    assert "80x64" in notes[1] and "48x48" in notes[1] and "to 40x40" in notes[1]
+    grey = "note: 5 colour or palette image(s) converted to grey"  # g2 g3 s0 s1 h0
+    assert notes[2].startswith(grey)
+    assert "g2.jpg" in notes[2] and "g0.png" not in notes[2]
+
+    clean = tmp_path / "clean"
+    for i in range(110):  # 0.9 x 110 = 99 held out: exactly enough for 1% (rank 99 of 99)
+        _save(clean / f"train/good/g{i}.png", _gray(i))
+    _save(clean / "test/good/t0.png", _gray(200))
+    done = subprocess.run([*cli, str(clean), "--out", str(tmp_path / "clean-store"),
+                           "--val-fraction", "0.9"],
+                          capture_output=True, text=True, timeout=120, env=wide)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "note:" not in done.stdout, done.stdout

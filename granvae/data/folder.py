@@ -25,6 +25,7 @@ import numpy as np
 from granvae.data.base import DatasetMeta, Split, make_split, take
 from granvae.data.frames import source_block
 from granvae.data.images import MAX_PIXELS, Size, decode, mask_to_array, to_array
+from granvae.data.import_notices import import_notices
 from granvae.data.layout import FolderEntry, FolderLayout
 from granvae.data.provenance import folder_rows, rows_bytes
 from granvae.data.store import SHARD_BYTES, SHARD_SIZE, SplitSource, write_dataset_streamed
@@ -138,7 +139,9 @@ def import_mvtec(
     bit_depth: 8, or a 16-bit mono camera's depth (e.g. 12: window 0..4095 -> 0..255).
     max_pixels: header-checked cap per image, before any pixel is decoded.
     A folder filled by ``granvae ingest-line`` has line_provenance.jsonl: the rows of the
-    imported images go into the store as provenance.jsonl (granvae.data.provenance)."""
+    imported images go into the store as provenance.jsonl (granvae.data.provenance).
+    The returned manifest also has ``notices`` (granvae.data.import_notices: resized, colour
+    turned grey, too few images to calibrate); they are said, not stored."""
     layout, hw = _validated(root, image_size, channels, val_fraction, mixed, bit_depth,
                             max_pixels)  # fmt: skip
     train_idx, val_idx = carve_val(len(layout.train), val_fraction, seed)
@@ -151,5 +154,6 @@ def import_mvtec(
     source = source_block(layout.source_hw, hw, bit_depth, channels)
     rows = folder_rows(root, (e.name for e in (*layout.train, *layout.test)))
     provenance = (rows_bytes(rows), len(rows)) if rows else None
-    return write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes, source,
-                                  provenance)  # fmt: skip
+    manifest = write_dataset_streamed(out_dir, sources, meta, SHARD_SIZE, shard_bytes, source,
+                                      provenance)  # fmt: skip
+    return {**manifest, "notices": import_notices(layout, manifest, channels, val_fraction)}

@@ -41,6 +41,7 @@ class FolderLayout:
     working_hw: tuple[int, int] | None = None  # (H, W) every image is brought to; set by
     # validate_folder once it has seen every file's size
     source_hw: tuple[tuple[int, int], ...] = ()  # distinct (H, W) of the files, before resize
+    colour_files: tuple[str, ...] = ()  # files in colour (RGB, P...): set by validate_folder
 
 
 def _images_in(folder: Path, root: Path, problems: list[Problem]) -> list[Path]:

@@ -30,6 +30,7 @@ from PIL import ImageFile
 
 from granvae.data.base import GOOD, DatasetMeta, DataValidationError, Split
 from granvae.data.images import (
+    DEEP_MODES,
     MASK_MODES,
     MAX_PIXELS,
     ImageTooLarge,
@@ -48,9 +49,11 @@ MIXED = ("resize", "refuse")
 
 
 def _check_image(
-    entry: FolderEntry, bit_depth: int = 8, max_pixels: int = MAX_PIXELS
-) -> tuple[list[Problem], str | None, tuple]:
-    """Problems of one image file, its pixel digest and its (width, height)."""
+    entry: FolderEntry, bit_depth: int = 8, max_pixels: int = MAX_PIXELS,
+    colour: list[str] | None = None,
+) -> tuple[list[Problem], str | None, tuple]:  # fmt: skip
+    """Problems of one image file, its pixel digest and its (width, height); a colour file's
+    name goes into ``colour`` (import says when it turns colour into grey)."""
     try:
         image = decode(entry.path, max_pixels)
     except ImageTooLarge as exc:
@@ -62,6 +65,8 @@ def _check_image(
             (),
         )
     reason = mode_problem(image, bit_depth=bit_depth)
+    if colour is not None and image.mode not in ("L", "1", *DEEP_MODES, "LA", "La"):
+        colour.append(entry.name)
     return ([(entry.name, reason)] if reason else []), pixel_digest(image), image.size
 
 
@@ -135,14 +140,15 @@ def validate_folder(
     problems = list(layout.problems)
     train_digests: dict[str, str] = {}
     sizes: dict[str, tuple[int, int]] = {}
+    colour: list[str] = []
     for entry in layout.train:
-        file_problems, digest, size = _check_image(entry, bit_depth, max_pixels)
+        file_problems, digest, size = _check_image(entry, bit_depth, max_pixels, colour)
         problems += file_problems
         if digest is not None:
             train_digests.setdefault(digest, entry.name)
             sizes[entry.name] = size
     for entry in layout.test:
-        file_problems, digest, size = _check_image(entry, bit_depth, max_pixels)
+        file_problems, digest, size = _check_image(entry, bit_depth, max_pixels, colour)
         problems += file_problems + _check_mask(entry, layout.root, size)
         if digest is not None:
             sizes[entry.name] = size
@@ -154,7 +160,8 @@ def validate_folder(
     if problems:
         raise DataValidationError(problems)
     source = tuple(sorted({(h, w) for w, h in sizes.values()}))
-    return dataclasses.replace(layout, working_hw=working, source_hw=source)
+    return dataclasses.replace(layout, working_hw=working, source_hw=source,
+                               colour_files=tuple(colour))  # fmt: skip
 
 
 def _bad_rows(flags: np.ndarray) -> np.ndarray:
