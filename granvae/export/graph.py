@@ -86,6 +86,8 @@ def _export_torchscript(head: InspectionHead, dummy: torch.Tensor, path: Path, o
     axes = {INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in OUTPUT_NAMES}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Slices with a step (tiling) are not folded; harmless, and it cluttered every retrain.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             head,
             (dummy,),
