@@ -78,6 +78,9 @@ class TrackingSettings(BaseModel):
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(4.0, ge=0)
     http_timeout_s: int = Field(30, ge=1)
+    # Retrain candidates open their run when training starts and log each epoch (curves
+    # while training, granvae.tracking.live); false: runs are logged once, at registration.
+    live: bool = True
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
