@@ -185,6 +185,6 @@ def test_every_candidate_run_carries_its_pictures(world) -> None:
     winner = client.get_run(world.first["run_id"])
     plots = {a.path for a in client.list_artifacts(winner.info.run_id, "plots")}
     assert {"plots/traversals.png", "plots/reconstructions.png"} <= plots
-    parent = client.get_run(winner.data.tags["mlflow.parentRunId"])
+    parent = client.get_run(winner.data.tags["granvae.sweep_run_id"])
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/elbo_vs_granularity.png" in names
