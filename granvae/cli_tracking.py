@@ -246,10 +246,20 @@ def ui_cmd(
         check_port_free(host, port)
         url = f"http://{host}:{port}"
         console.print(f"MLflow UI on [bold]{url}[/bold] (store: {uri}); Ctrl-C stops")
+        console.print(f"training runs: {_runs_link(tracking, url)}", soft_wrap=True)
         code = serve_ui(tracking.workdir, host, port)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     raise typer.Exit(code=code)
+
+
+def _runs_link(tracking, url: str) -> str:
+    """The experiment's runs table: MLflow 3's UI opens a bare experiment link on an empty
+    GenAI overview in a fresh browser, this link on the candidates' training runs."""
+    from granvae.tracking import Store
+
+    exp_id = Store(tracking).experiment_id(tracking.experiment)
+    return f"{url}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
 
 def add_commands(app: typer.Typer) -> None:

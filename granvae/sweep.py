@@ -31,7 +31,7 @@ from granvae.metrics.seeds import aggregate_rows
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig, resolve_weights
 from granvae.scoring.tiling import TilingConfig
-from granvae.train import TrainConfig, pick_device, train
+from granvae.train import EpochCallback, StartCallback, TrainConfig, pick_device, train
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
@@ -126,8 +126,13 @@ def run_candidate(
     out_dir: Path,
     progress: bool = False,
     threads: int | None = None,
+    on_start: StartCallback | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> dict:
-    """Train + evaluate one candidate; any failure becomes a `failed` row, never an exception."""
+    """Train + evaluate one candidate; any failure becomes a `failed` row, never an exception.
+
+    ``on_start``/``on_epoch`` reach train() (the retrain flow's live MLflow run); they are
+    called after this module's own per-epoch progress file is written."""
     if threads:
         torch.set_num_threads(threads)
     cdir = out_dir / CANDIDATES / c.candidate_id
@@ -154,7 +159,8 @@ def run_candidate(
             result = train(
                 splits["train"].images, model_cfg, objective, train_cfg, cdir,
                 progress=progress, val_images=splits["val"].images[:EARLY_STOP_IMAGES],
-                tiling=tiling_cfg, on_epoch=_progress_writer(cdir, train_cfg.epochs),
+                tiling=tiling_cfg, on_start=on_start,
+                on_epoch=_progress_writer(cdir, train_cfg.epochs, on_epoch),
             )  # fmt: skip
             if result.status != "finished":
                 return candidate_row(c, settings, "failed", result.reason)
@@ -181,14 +187,17 @@ def run_candidate(
         return candidate_row(c, settings, "failed", reason)
 
 
-def _progress_writer(cdir: Path, epochs: int):
+def _progress_writer(cdir: Path, epochs: int, then: EpochCallback | None = None):
     """Leave epochs done on disk each epoch: the one thing a progress bar in another
-    process (the retrain CLI, candidates run in worker processes) can read."""
+    process (the retrain CLI, candidates run in worker processes) can read; then call
+    the caller's own callback, if any."""
 
-    def on_epoch(epoch: int, _terms: dict) -> None:
+    def on_epoch(epoch: int, terms: dict) -> None:
         tmp = cdir / f".{PROGRESS_FILE}.tmp"
         tmp.write_text(json.dumps({"epoch": epoch, "epochs": epochs}))
         os.replace(tmp, cdir / PROGRESS_FILE)
+        if then is not None:
+            then(epoch, terms)
 
     return on_epoch
 

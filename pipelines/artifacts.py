@@ -50,13 +50,47 @@ def publish_leaderboard(table: list[dict], why: str) -> None:
     create_table_artifact(table=table, key=LEADERBOARD_KEY, description=f"Sweep: {why}")
 
 
+# MLflow 3's UI picks its "GenAI" or "Model training" side from this query parameter (else
+# from the browser's last choice, GenAI on a fresh browser, which opens an experiment on an
+# empty Traces overview whatever the experiment's kind tag says): links carry it.
+ML_VIEW = "workflowType=machine_learning"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: the server itself, or where `granvae ui` serves the embedded store."""
+    base = tracking_uri.rstrip("/")
+    return base if base.startswith("http") else "http://127.0.0.1:5000"
+
+
+def experiment_link(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table (the candidates' training runs, curves while training)."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+
+
+def live_runs_line(tracking: dict[str, Any]) -> str | None:
+    """Where to watch the candidates train (their runs log each epoch); None when live
+    logging is off or the tracking server does not answer (training goes on regardless)."""
+    from granvae.tracking import TrackingSettings
+    from granvae.tracking.live import live_store
+
+    settings = TrackingSettings.model_validate(tracking)
+    if not settings.live:
+        return None
+    store = live_store(settings)
+    try:
+        exp_id = store.experiment_id(settings.experiment)
+    except Exception:  # noqa: BLE001 - a link is not worth failing a retrain for
+        return None
+    where = "" if store.uri.startswith("http") else " (run `granvae ui` in another terminal)"
+    return f"training curves live in MLflow: {experiment_link(store.uri, exp_id)}{where}"
+
+
 def links(tracking_uri: str, experiment_id: str, run_id: str, model: str, version: int) -> dict:
     """Deep links into the MLflow UI; the embedded store is opened with `granvae ui`."""
-    base = tracking_uri.rstrip("/")
-    if not base.startswith("http"):
-        base = "http://127.0.0.1:5000"  # where `granvae ui` serves the embedded store
+    base = ui_base(tracking_uri)
     return {
-        "run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
+        "runs": experiment_link(tracking_uri, experiment_id),
+        "run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}",
         "version": f"{base}/#/models/{model}/versions/{version}",
     }
 

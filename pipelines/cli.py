@@ -51,6 +51,7 @@ def describe(summary: dict[str, Any]) -> str:
         f"bundle: {summary['bundle']}  [{summary['verify']}]",
         f"report: {summary.get('report') or '-'}",
         f"registered version: {summary['links']['version']}",
+        f"training runs: {summary['links'].get('runs', '-')}",
         f"MLflow UI: {summary['ui']}",
         f"store: {summary.get('tracking_uri', '-')}",
     ]

@@ -85,6 +85,9 @@ def _run_candidates(
     note = resume_note(sweep_dir)
     if note:
         print(note, file=sys.stderr, flush=True)
+    live = artifacts.live_runs_line(dict(settings.tracking))
+    if live:
+        print(live, file=sys.stderr, flush=True)
     remote = str(run.pipeline.dask or "").startswith("tcp")
     threads = None if remote else torch_threads(workers)
     shared = (settings, data_dir, str(sweep_dir), threads, data_version, run.digest(), code)

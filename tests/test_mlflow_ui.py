@@ -7,14 +7,18 @@ test-artifacts/ (gitignored; CI keeps it) so a reviewer can look at what the tes
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from live_fixtures import Pause, in_thread, train_live
 from sweep_fixtures import fast_store, make_sweep, unique
 
 from granvae.select import load_rows, select, write_decision
-from granvae.tracking import register_winner
+from granvae.tracking import log_sweep, register_winner
+from granvae.tracking.runs import find_runs
+from pipelines.artifacts import ML_VIEW, experiment_link
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -63,3 +67,59 @@ def test_model_page_shows_the_version_and_its_alias(chromium, mlflow_server, tmp
     shot.unlink(missing_ok=True)
     _chromium(url, tmp_path / "profile-shot", f"--screenshot={shot}")
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def _points(dom: str, title: str) -> int:
+    """Points plotted in the chart titled `title` (plotly draws one path.point per step)."""
+    start = dom.find(f'title="{title}"')
+    if start < 0:
+        return 0
+    points = re.search(r'<g class="points">(.*?)</g>', dom[start:], re.S)
+    return points.group(1).count('class="point"') if points else 0
+
+
+def test_experiment_opens_on_training_runs_with_live_curves(chromium, mlflow_server, tmp_path):
+    """A newcomer follows the link granvae prints while a sweep trains: the experiment opens
+    on its runs table (not MLflow 3's GenAI overview), the training runs are rows of their
+    own (not folded under a sweep row), and the training run's chart shows the epochs done
+    so far while it is still RUNNING."""
+    store, experiment = fast_store(mlflow_server, tmp_path), unique("granvae-live")
+    sweep = make_sweep(tmp_path / "sweep", sweep_id="sweep-ui-1")
+    log_sweep(sweep, experiment, store=store)  # a finished sweep: one sweep run, 3 candidates
+    pause = Pause(at=3)
+    thread, box = in_thread(
+        lambda: train_live(
+            store, experiment, "sweep-ui-2", "g2-training", tmp_path / "c", None, pause
+        )  # fmt: skip
+    )
+    try:
+        assert pause.reached.wait(60), box
+        exp_id = store.experiment_id(experiment)
+        (run,) = find_runs(store, exp_id, candidate_id="g2-training")
+        assert run.info.status == "RUNNING"
+        url = experiment_link(mlflow_server, exp_id)
+        dom = _dom_with(url, tmp_path, ["g2-training", "g1-b4-d4-s0"])
+        assert "g2-training" in dom and "sweep sweep-ui-1" in dom, dom[-3000:]
+        assert {"g1-b4-d4-s0", "g2-b4-d4-s0", "g4-b4-d4-s0"} <= set(
+            re.findall(r"g\d-b4-d4-s0", dom)
+        )
+        chart = (
+            f"{mlflow_server}/#/experiments/{exp_id}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}"
+        )
+        page = ""
+        for attempt in range(3):  # the charts load after the page: a longer virtual budget
+            page = _chromium(chart, tmp_path / f"profile-chart-{attempt}", "--dump-dom",
+                             "--virtual-time-budget=60000").stdout  # fmt: skip
+            if _points(page, "train/elbo"):
+                break
+        assert _points(page, "train/elbo") == 3, page[-3000:]  # epochs 1..3, training paused
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "mlflow-live-curves.png"
+        shot.unlink(missing_ok=True)
+        _chromium(chart, tmp_path / "profile-chart-shot", f"--screenshot={shot}",
+                  "--virtual-time-budget=60000")  # fmt: skip
+        assert shot.is_file() and shot.stat().st_size > 10_000
+    finally:
+        pause.release()
+        thread.join(60)
+    assert box["result"].status == "finished"

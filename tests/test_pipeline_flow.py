@@ -122,9 +122,7 @@ def test_second_retrain_new_data_new_challenger_same_champion(world, second) -> 
     assert len(log) == 2 and all(line.startswith("data: snapshot") for line in log)
 
 
-def test_second_challenger_is_compared_with_the_champion_on_its_own_images(
-    world, second
-) -> None:
+def test_second_challenger_is_compared_with_the_champion_on_its_own_images(world, second) -> None:
     """Both registered ONNX bundles scored on v2's evaluation images, with the rule the
     evaluation used: v2's own figure there is the one it was registered with."""
     from granvae.tracking import Store, TrackingSettings
@@ -185,6 +183,21 @@ def test_every_candidate_run_carries_its_pictures(world) -> None:
     winner = client.get_run(world.first["run_id"])
     plots = {a.path for a in client.list_artifacts(winner.info.run_id, "plots")}
     assert {"plots/traversals.png", "plots/reconstructions.png"} <= plots
-    parent = client.get_run(winner.data.tags["mlflow.parentRunId"])
+    parent = client.get_run(winner.data.tags["granvae.sweep_run_id"])
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/elbo_vs_granularity.png" in names
+
+
+def test_candidate_runs_were_logged_live_while_training(world) -> None:
+    """The winner's run opened when its training began and ended with it (long before the
+    registration opened the sweep run), with one point per epoch, none repeated."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(world.params["tracking"]["uri"])
+    winner = client.get_run(world.first["run_id"])
+    sweep_run = client.get_run(winner.data.tags["granvae.sweep_run_id"])
+    assert winner.info.start_time < winner.info.end_time <= sweep_run.info.start_time
+    assert winner.info.status == "FINISHED" and "mlflow.parentRunId" not in winner.data.tags
+    epochs = int(winner.data.tags["granvae.logged_epoch"])
+    steps = [m.step for m in client.get_metric_history(winner.info.run_id, "train/elbo")]
+    assert sorted(steps) == list(range(1, epochs + 1))

@@ -93,6 +93,8 @@ def test_ctrl_c_at_training_stops_everything_and_rerun_resumes(
     assert f"To resume, rerun: granvae retrain --params {project / 'params.yaml'}" in out
     assert "Traceback" not in out
     assert versions(params) == []
+    killed = _candidate_runs(params)  # the live runs of the candidates that were training
+    assert killed and set(killed.values()) == {"KILLED"}, killed
 
     log2 = tmp_path / "rerun.log"
     proc = _start(cmd, tmp_path, env, log2)
@@ -100,3 +102,20 @@ def test_ctrl_c_at_training_stops_everything_and_rerun_resumes(
     _, out2 = _ctrl_c(proc, log2)  # the second run stops the same way
     assert "continue from their last epoch checkpoint" in out2
     assert proc.returncode == 130 and "To resume, rerun:" in out2
+    again = _candidate_runs(params)  # reused, not duplicated (a twin would raise below)
+    assert set(killed) <= set(again) and set(again.values()) == {"KILLED"}, again
+
+
+def _candidate_runs(params: dict) -> dict[str, str]:
+    """candidate id -> its MLflow run's status; one run per candidate (asserted)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(params["tracking"]["uri"])
+    exp = client.get_experiment_by_name(params["tracking"]["experiment"])
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    found: dict[str, str] = {}
+    for run in runs:
+        cid = run.data.tags.get("granvae.candidate_id")
+        assert cid not in found, f"two runs for candidate {cid}"
+        found[cid] = run.info.status
+    return found

@@ -90,3 +90,17 @@ def test_kill_9_mid_sweep_then_resume(tmp_path, mlflow_server, prefect_harness) 
     listed = versions(params)
     assert len(listed) == 1 and listed[0]["version"] == summary["version"]
     assert summary["data_version"] == killed_version == listed[0]["data_version"]
+    _one_ended_run_per_candidate(params, summary)
+
+
+def _one_ended_run_per_candidate(params: dict, summary: dict) -> None:
+    """The killed candidate's live run was left RUNNING by kill -9; the rerun reused it
+    (docs/pipeline.md "Resume and live runs"): one run per candidate, none still RUNNING."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(params["tracking"]["uri"])
+    runs = client.search_runs([client.get_run(summary["run_id"]).info.experiment_id])
+    candidates = [r for r in runs if r.data.tags.get("granvae.role") == "candidate"]
+    ids = sorted(r.data.tags["granvae.candidate_id"] for r in candidates)
+    assert ids == sorted(summary["candidates"])
+    assert {r.info.status for r in candidates} == {"FINISHED"}

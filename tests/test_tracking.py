@@ -71,7 +71,8 @@ def test_sweep_logs_parent_and_children_with_params_and_metrics(mlflow_server, t
     assert parent.data.tags["granvae.sweep_id"] == "sweep-test-1"
     assert set(children) == {"g1-b4-d4-s0", "g2-b4-d4-s0", "g4-b4-d4-s0"}
     win = children["g2-b4-d4-s0"]
-    assert win.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert win.data.tags["granvae.sweep_run_id"] == parent.info.run_id
+    assert "mlflow.parentRunId" not in win.data.tags  # top-level: the experiment opens on it
     assert win.data.params["granularity"] == "2" and win.data.params["beta"] == "4.0"
     assert win.data.params["data_version"] == DATA_VERSION
     assert {"objective", "alpha", "gamma", "latent_dim", "seed", "estimator"} <= set(

@@ -1,6 +1,12 @@
 """Logging a sweep folder (docs/contracts.md "Sweep folder") as MLflow runs.
 
-One parent run per sweep, one nested child run per candidate. Why it is built to be rerun:
+One sweep run per sweep and one run per candidate. The candidate runs are top-level runs,
+not MLflow-nested children: MLflow's UI folds nested runs under their parent, so the
+experiment opened on one row per sweep and hid the training runs people compare. A
+candidate names its sweep in tags (`granvae.sweep_id`, `granvae.sweep_run_id`); the UI's
+"Group by" on `granvae.sweep_id` groups them. The retrain flow opens a candidate's run when
+its training starts and logs its curves live (granvae.tracking.live); this module then
+completes that same run. Why it is built to be rerun:
 a tracking server may die half-way, and the sweep's files on disk are the source of truth.
 Runs are found again by tags (`granvae.sweep_id`, `granvae.candidate_id`), params already
 logged are not re-sent (MLflow refuses a changed param), metrics carry deterministic
@@ -23,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from granvae.tracking.store import Store, TrackingSettings
 
@@ -32,6 +38,8 @@ SWEEP_ID = "granvae.sweep_id"
 CANDIDATE_ID = "granvae.candidate_id"
 ROLE = "granvae.role"
 FINGERPRINT = "granvae.fingerprint"
+SWEEP_RUN_ID = "granvae.sweep_run_id"  # a candidate run's sweep run (not MLflow nesting)
+LOGGED_EPOCH = "granvae.logged_epoch"  # the last epoch whose curves the live run logged
 CANDIDATE_PARAMS = (
     "objective",
     "granularity",
@@ -119,9 +127,7 @@ def _files_state(paths: list[Path]) -> list[tuple[str, int, int]]:
     return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 
-def _get_or_create(
-    store: Store, exp_id: str, tags: dict[str, str], name: str, parent: str | None = None
-) -> tuple[Run, bool]:
+def get_or_create(store: Store, exp_id: str, tags: dict[str, str], name: str) -> tuple[Run, bool]:
     """The run with these tags, or a new one; (run, created).
 
     A create retried after a timeout may have succeeded twice on the server: keep the
@@ -132,8 +138,6 @@ def _get_or_create(
     if found:
         return found[0], False
     all_tags = {**tags, MLFLOW_RUN_NAME: name}
-    if parent:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent
     store.call("create run", store.client.create_run, exp_id, tags=all_tags)
     found = find_runs(store, exp_id, **short)
     for twin in found[1:]:
@@ -171,16 +175,35 @@ def _numeric(value: Any) -> float | None:
     return None if math.isnan(out) or math.isinf(out) else out
 
 
-def candidate_metrics(row: dict[str, Any], cdir: Path, base_ms: int) -> list[Metric]:
-    """Per-epoch `train/<term>` (step = epoch) and every numeric final metric (step 0)."""
+def epoch_metrics(epoch: int, terms: dict[str, Any], timestamp_ms: int) -> list[Metric]:
+    """One epoch's terms as `train/<term>` at step = epoch (the live and the final path
+    both name them so, so their curves are one curve)."""
+    return [
+        Metric(f"train/{key}", num, timestamp_ms, epoch)
+        for key, value in terms.items()
+        if key != "epoch" and (num := _numeric(value)) is not None
+    ]
+
+
+def candidate_params(row: dict[str, Any], data_version: str | None) -> dict[str, Any]:
+    """The params of a candidate run (the live run logs the same ones first)."""
+    return {k: row.get(k) for k in CANDIDATE_PARAMS} | {"data_version": data_version}
+
+
+def candidate_metrics(
+    row: dict[str, Any], cdir: Path, base_ms: int, logged_epoch: int = 0
+) -> list[Metric]:
+    """Per-epoch `train/<term>` (step = epoch) and every numeric final metric (step 0).
+
+    Epochs up to ``logged_epoch`` were logged live while training (with their real
+    times) and are left out, so no step of a curve appears twice."""
     status_path = cdir / "status.json"
     history = json.loads(status_path.read_text()).get("history", []) if status_path.exists() else []
     out = []
     for entry in history:
         epoch = int(entry.get("epoch", 0))
-        for key, value in entry.items():
-            if key != "epoch" and (num := _numeric(value)) is not None:
-                out.append(Metric(f"train/{key}", num, base_ms + epoch, epoch))
+        if epoch > logged_epoch:
+            out.extend(epoch_metrics(epoch, entry, base_ms + epoch))
     evaluation = cdir / "evaluation.json"
     final = json.loads(evaluation.read_text()) if evaluation.exists() else {}
     final.update({k: v for k, v in row.items() if k not in _NOT_METRICS})
@@ -242,18 +265,20 @@ def _log_child(store: Store, exp_id: str, info: SweepInfo, row: dict, parent_id:
     model_files = sorted((cdir / "model").glob("*")) if (cdir / "model").is_dir() else []
     fp = _fingerprint(row, info.data_version, _files_state(files + model_files + plots))
     tags = {SWEEP_ID: info.sweep_id, CANDIDATE_ID: cid, ROLE: "candidate"}
-    run, _ = _get_or_create(store, exp_id, tags, cid, parent=parent_id)
+    run, _ = get_or_create(store, exp_id, tags, cid)  # the live run when there was one
     if run.data.tags.get(FINGERPRINT) == fp:
         return run.info.run_id
-    params = {k: row.get(k) for k in CANDIDATE_PARAMS} | {"data_version": info.data_version}
+    params = candidate_params(row, info.data_version)
     status = str(row.get("status") or "unknown")
     run_tags = {
         "granvae.status": status,
         "granvae.reason": row.get("reason"),
         "granvae.device": row.get("device"),
         "granvae.data_version": info.data_version,
+        SWEEP_RUN_ID: parent_id,
     }
-    _log(store, run, params, candidate_metrics(row, cdir, info.base_ms), run_tags)
+    logged = int(run.data.tags.get(LOGGED_EPOCH) or 0)
+    _log(store, run, params, candidate_metrics(row, cdir, info.base_ms, logged), run_tags)
     inputs = _dataset_input(info)
     if inputs:
         store.call("log dataset", store.client.log_inputs, run.info.run_id, inputs)
@@ -261,7 +286,9 @@ def _log_child(store: Store, exp_id: str, info: SweepInfo, row: dict, parent_id:
     log_artifact_dir(store, run.info.run_id, cdir / "model", "model")
     log_artifact_files(store, run.info.run_id, plots, "plots")
     end = "FINISHED" if status == "finished" else "FAILED"
-    store.call("end run", store.client.set_terminated, run.info.run_id, end)
+    # A run that ended when its training did keeps that end: its duration is the training's.
+    ended = run.info.end_time if run.info.status != "RUNNING" else None
+    store.call("end run", store.client.set_terminated, run.info.run_id, end, ended)
     store.call("set tag", store.client.set_tag, run.info.run_id, FINGERPRINT, fp)
     return run.info.run_id
 
@@ -316,7 +343,7 @@ def log_sweep(
     info = read_sweep(sweep_dir, data_version)
     exp_id = store.experiment_id(experiment)
     tags = {SWEEP_ID: info.sweep_id, ROLE: "sweep"}
-    parent, created = _get_or_create(store, exp_id, tags, f"sweep {info.sweep_id}")
+    parent, created = get_or_create(store, exp_id, tags, f"sweep {info.sweep_id}")
     say("parent_created" if created else "parent_reused")
     children = {}
     for row in info.rows:

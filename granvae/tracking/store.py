@@ -78,6 +78,9 @@ class TrackingSettings(BaseModel):
     backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(4.0, ge=0)
     http_timeout_s: int = Field(30, ge=1)
+    # Retrain candidates open their run when training starts and log each epoch (curves
+    # while training, granvae.tracking.live); false: runs are logged once, at registration.
+    live: bool = True
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -168,8 +171,9 @@ class Store:
             root = embedded_artifacts(self.settings.workdir)
             location = (root / name.replace("/", "_")).as_uri()
         try:
-            # The kind tag makes MLflow 3's UI open the experiment on its training runs,
-            # not on an empty GenAI "Traces" overview.
+            # The kind tag says "training runs" to MLflow UIs that read it; MLflow 3.17's UI
+            # does not (its GenAI/Model training switch decides): the links granvae prints
+            # carry workflowType=machine_learning (pipelines/artifacts.py, `granvae ui`).
             return self.call(
                 "create experiment", self.client.create_experiment, name, location,
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},

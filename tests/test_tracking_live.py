@@ -1,0 +1,166 @@
+"""Candidate runs logged live, per epoch, against a real `mlflow server` (curves while training).
+
+Each test trains a tiny model for a few epochs (about a second on a loaded 2-core box)
+inside granvae.tracking.live's run, paused at an epoch where the test needs to look.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from conftest import free_port
+from live_fixtures import Pause, config, in_thread, train_live
+from sweep_fixtures import fast_store, make_sweep, unique
+
+from granvae.tracking import log_sweep
+from granvae.tracking.live import LiveRun, live_store
+from granvae.tracking.runs import LOGGED_EPOCH, SWEEP_RUN_ID, find_runs
+
+
+def _runs(store, experiment: str, cid: str):
+    exp_id = store.experiment_id(experiment)
+    return find_runs(store, exp_id, candidate_id=cid, role="candidate")
+
+
+def _steps(store, run_id: str, key: str = "train/elbo") -> list[int]:
+    return sorted(m.step for m in store.client.get_metric_history(run_id, key))
+
+
+def test_run_is_running_and_its_curves_grow_while_training(mlflow_server, tmp_path):
+    store, experiment = fast_store(mlflow_server, tmp_path), unique("live")
+    pause = Pause(at=3)
+    thread, box = in_thread(
+        lambda: train_live(store, experiment, "sweep-a", "g2-live", tmp_path / "c", None, pause)
+    )
+    try:
+        assert pause.reached.wait(60), box
+        (run,) = _runs(store, experiment, "g2-live")  # one run, opened when training began
+        assert run.info.status == "RUNNING"
+        assert _steps(store, run.info.run_id) == [1, 2, 3]  # epochs 4..6 not trained yet
+        assert _steps(store, run.info.run_id, "train/loss") == [1, 2, 3]
+        assert run.data.params["granularity"] == "2"
+    finally:
+        pause.release()
+        thread.join(60)
+    assert box["result"].status == "finished"
+    (run,) = _runs(store, experiment, "g2-live")
+    assert run.info.status == "FINISHED"
+    assert _steps(store, run.info.run_id) == [1, 2, 3, 4, 5, 6]
+    assert run.data.tags[LOGGED_EPOCH] == "6"
+    history = store.client.get_metric_history(run.info.run_id, "train/elbo")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+        [h["elbo"] for h in box["result"].history]
+    )
+    assert run.info.end_time - run.info.start_time >= 0
+
+
+def test_diverged_training_ends_failed_with_its_reason(mlflow_server, tmp_path):
+    store, experiment = fast_store(mlflow_server, tmp_path), unique("live")
+    result = train_live(store, experiment, "sweep-b", "g2-nan", tmp_path / "c", config(lr=1e12))
+    assert result.status == "failed"
+    (run,) = _runs(store, experiment, "g2-nan")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["granvae.status"] == "failed"
+    assert "non-finite" in run.data.tags["granvae.reason"]
+
+
+def test_interrupt_ends_killed_and_the_rerun_reuses_the_run(mlflow_server, tmp_path):
+    """Ctrl-C at epoch 2 (KILLED), then resume from the checkpoint: the same run goes on,
+    RUNNING again, its curve continuing at step 3, no duplicate run and no repeated step."""
+    store, experiment = fast_store(mlflow_server, tmp_path), unique("live")
+
+    def ctrl_c(epoch: int, _terms: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_live(store, experiment, "sweep-c", "g2-int", tmp_path / "c", config(), ctrl_c)
+    (killed,) = _runs(store, experiment, "g2-int")
+    assert killed.info.status == "KILLED" and _steps(store, killed.info.run_id) == [1, 2]
+
+    pause = Pause(at=4)
+    thread, box = in_thread(
+        lambda: train_live(store, experiment, "sweep-c", "g2-int", tmp_path / "c", None, pause)
+    )
+    try:
+        assert pause.reached.wait(60), box
+        (resumed,) = _runs(store, experiment, "g2-int")
+        assert resumed.info.run_id == killed.info.run_id
+        assert resumed.info.status == "RUNNING"
+    finally:
+        pause.release()
+        thread.join(60)
+    assert box["result"].resumed_from_epoch == 2
+    (done,) = _runs(store, experiment, "g2-int")
+    assert done.info.status == "FINISHED"
+    assert _steps(store, done.info.run_id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_registration_completes_the_live_run(mlflow_server, tmp_path):
+    """log_sweep after training: params, final metrics and artifacts land on the live run;
+    the curves are not logged twice; the run stays top-level (the experiment opens on it),
+    names its sweep run, and keeps the end time its training had."""
+    sweep = make_sweep(tmp_path / "sweep", sweep_id="sweep-live-1")
+    store, experiment = fast_store(mlflow_server, tmp_path), unique("live")
+    cid = "g2-b4-d4-s0"
+    history = json.loads((sweep / "candidates" / cid / "status.json").read_text())["history"]
+    live = LiveRun(live_store(store.settings), experiment, "sweep-live-1", cid)
+    live.open()
+    for entry in history:
+        live.on_epoch(int(entry["epoch"]), entry)
+    live.end("FINISHED")
+    ended = store.client.get_run(live.run_id).info.end_time
+    time.sleep(0.01)
+
+    logged = log_sweep(sweep, experiment, store=store)
+
+    assert logged["children"][cid] == live.run_id
+    assert len(_runs(store, experiment, cid)) == 1
+    run = store.client.get_run(live.run_id)
+    assert _steps(store, live.run_id) == [1, 2, 3]  # not [1, 1, 2, 2, 3, 3]
+    assert run.data.metrics["recall_at_far"] == pytest.approx(0.83)
+    assert run.data.params["granularity"] == "2"
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags[SWEEP_RUN_ID] == logged["parent_run_id"]
+    assert run.info.status == "FINISHED" and run.info.end_time == ended
+    assert {a.path for a in store.client.list_artifacts(live.run_id, "model")}
+
+
+def test_a_dead_server_neither_stops_nor_slows_training(tmp_path, caplog):
+    """Nothing listens at the tracking URI: training finishes, one warning is logged, and
+    each epoch costs at most one quick refused connection."""
+    store = fast_store(f"http://127.0.0.1:{free_port()}", tmp_path, attempts=1)
+    caplog.set_level(logging.WARNING, logger="granvae.tracking.live")
+    t0 = time.perf_counter()
+    result = train_live(store, "live-down", "sweep-d", "g2-down", tmp_path / "c", config())
+    seconds = time.perf_counter() - t0
+    assert result.status == "finished" and result.epochs_completed == 6
+    paused = [r for r in caplog.records if "paused" in r.getMessage()]
+    assert len(paused) == 1, caplog.text
+    assert seconds < 30, seconds
+
+
+def test_epochs_missed_in_an_outage_are_sent_when_the_server_answers(
+    killable_mlflow_server, tmp_path
+):
+    """The server dies after epoch 2 and is back after epoch 4: training never stops, and
+    the epochs it missed are sent later, so the ended run's curve has every step once."""
+    server = killable_mlflow_server
+    store, experiment = fast_store(server.uri, tmp_path), unique("live")
+    quick = live_store(store.settings.model_copy(update={"experiment": experiment}))
+
+    def outage(epoch: int, _terms: dict) -> None:
+        if epoch == 2:
+            server.kill()
+        if epoch == 4:
+            server.restart()
+
+    result = train_live(store, experiment, "sweep-e", "g2-out", tmp_path / "c", config(),
+                        outage, quick_store=quick)  # fmt: skip
+    assert result.status == "finished"
+    (run,) = _runs(store, experiment, "g2-out")
+    assert run.info.status == "FINISHED"
+    assert _steps(store, run.info.run_id) == [1, 2, 3, 4, 5, 6]
