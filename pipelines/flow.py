@@ -30,6 +30,7 @@ from pipelines.interrupt import resume_note
 from pipelines.runners import make_runner, runner_workers, torch_threads
 from pipelines.runtime import shared_api
 from pipelines.sweepdir import code_version, sweep_key
+from pipelines.trigger import MANUAL, clip
 
 
 class RetrainRefused(RuntimeError):
@@ -123,14 +124,16 @@ def _sweep_stage(run: RunConfig, snap: dict[str, str]) -> tuple[str, list[dict[s
     return str(sweep_dir), rows
 
 
-def _ship_stage(run: RunConfig, snap: dict, sweep_dir: str, decision: Any) -> dict[str, Any]:
-    """Export + verify the bundle, register it, then maybe promote."""
+def _ship_stage(
+    run: RunConfig, snap: dict, sweep_dir: str, decision: Any, trigger: str
+) -> dict[str, Any]:
+    """Export + verify the bundle, register it (with why this retrain ran), then maybe promote."""
     pipe, tracking = run.pipeline, dict(run.settings.tracking)
     bundle_dir = str(_work(run, "bundles", Path(sweep_dir).name))
     tasks.export(sweep_dir, decision.winner, bundle_dir, dict(run.settings.export))
     verified = tasks.verify(bundle_dir)
     registrar = tasks.register.with_options(retries=pipe.retries, retry_delay_seconds=_backoff(run))
-    reg = registrar(sweep_dir, decision, bundle_dir, snap["data_version"], tracking)
+    reg = registrar(sweep_dir, decision, bundle_dir, snap["data_version"], tracking, trigger)
     promo = None
     if pipe.auto_promote:
         promo = tasks.maybe_promote(
@@ -145,9 +148,15 @@ def retrain(
     params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
-    """Retrain end to end; returns the challenger version, headline metrics and bundle path."""
+    """Retrain end to end; returns the challenger version, headline metrics and bundle path.
+
+    `trigger` says why it ran (pipelines.trigger; `manual` when not given) and becomes the tag
+    granvae.trigger of the sweep's MLflow runs and of the registered version."""
     log = get_run_logger()
+    trigger = clip(trigger or MANUAL)
+    log.info("trigger: %s", trigger)
     run = load_run_config(params, profile, overrides)
     clock = {"start": time.perf_counter()}
     warming = _warm_workers(run)
@@ -167,10 +176,11 @@ def retrain(
         raise RetrainRefused(_nothing_passed(sweep_dir, written, decision.why))
     report_path = tasks.report(sweep_dir)
     tasks.dvc_metrics(sweep_dir, run.pipeline)
-    shipped = _ship_stage(run, snap, sweep_dir, decision)
+    shipped = _ship_stage(run, snap, sweep_dir, decision, trigger)
     clock["ship"] = time.perf_counter()
     summary = _summary(run, snap, sweep_dir, rows, decision, shipped, clock)
     summary["report"] = report_path
+    summary["trigger"] = trigger
     artifacts.publish_summary(summary)
     log.info("retrain done: %s version %s", summary["model_name"], summary["version"])
     return summary
@@ -268,8 +278,9 @@ def run_retrain(
     params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
     """Pick the task runner from the config, then run the flow with it."""
     runner = _runner_for(params, profile, overrides)
     with shared_api():
-        return retrain.with_options(task_runner=runner)(params, profile, overrides)
+        return retrain.with_options(task_runner=runner)(params, profile, overrides, trigger)

@@ -7,12 +7,13 @@ report as a Prefect artifact and, when the monitor fired and a retrain deploymen
 (granvae.data.line_landing: goods to train, confirmed defects to test/<class>, each image's
 origin kept), and the triggered run's `overrides` point `pipeline.landing` at it; the
 deployment's own overrides (the line's model, data repository, remote) are merged under, not
-replaced. The reasons are the triggered run's tags (`monitor`, `monitor:<test>`), and one
-firing starts one run: the idempotency key is the deployment, the model and the part the
-CUSUM fired at (window tests alone: the tests that fired and the UTC day), so the next
-scheduled pass over the same drift returns the same run.
-Not yet done: copying the reason onto the MLflow run and the registered version. Schedule it
-per line like any flow (`monitor_line.serve(cron=...)`).
+replaced. The reasons are the triggered run's `trigger` parameter (`monitor: <reasons>`),
+which the retrain records as the tag `granvae.trigger` on its MLflow runs and on the version it
+registers (pipelines.trigger), and its tags (`monitor`, `monitor:<test>`). One firing starts
+one run: the idempotency key is the deployment, the model and the part the CUSUM fired at
+(window tests alone: the tests that fired and the UTC day), so the next scheduled pass over
+the same drift returns the same run. Schedule it per line like any flow
+(`monitor_line.serve(cron=...)`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from granvae.config import merge
 from granvae.data.line_landing import ingest_landing
 from granvae.monitor.records import read_feedback, read_stream
 from granvae.monitor.report import MonitorConfig, run_monitor
+from pipelines.trigger import from_monitor
 
 
 @task(name="ingest-line", cache_policy=NO_CACHE)
@@ -55,7 +57,8 @@ def _trigger(deployment: str, report: dict[str, Any], model: str | None,
     day = datetime.datetime.now(datetime.UTC).date().isoformat()
     fired_at = report["cusum"].get("fired_at_item") or f"{','.join(tests)}@{day}"
     return run_deployment(
-        deployment, timeout=0, parameters={"overrides": overrides},
+        deployment, timeout=0,
+        parameters={"overrides": overrides, "trigger": from_monitor(report["reasons"])},
         tags=["granvae", "monitor", *(f"monitor:{t}" for t in tests)],
         idempotency_key=f"line-monitor:{deployment}:{model}:{fired_at}",
     )  # fmt: skip

@@ -21,11 +21,15 @@ def scheduled_retrain(
     params: str | None = None,
     profile: str | None = None,
     overrides: dict[str, Any] | None = None,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
-    """One scheduled retrain; the subflow does the work."""
+    """One scheduled retrain; the subflow does the work. `trigger` (the monitor passes its
+    reasons) is recorded on the MLflow runs and the version; without it the run's own tags
+    and origin say why (pipelines.trigger)."""
     from pipelines.flow import run_retrain
+    from pipelines.trigger import current_deployment_run
 
-    return run_retrain(params, profile, overrides)
+    return run_retrain(params, profile, overrides, trigger=trigger or current_deployment_run())
 
 
 def deployment(

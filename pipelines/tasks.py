@@ -223,10 +223,17 @@ def verify(bundle_dir: str) -> str:
 
 @task(name="register", cache_policy=NO_CACHE, retry_condition_fn=_transient)
 def register(
-    sweep_dir: str, decision: Any, bundle_dir: str, data_version: str, tracking: dict
+    sweep_dir: str,
+    decision: Any,
+    bundle_dir: str,
+    data_version: str,
+    tracking: dict,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
-    """granvae.tracking.register_winner (it logs the sweep first); idempotent per sweep id."""
+    """granvae.tracking.register_winner (it logs the sweep first); idempotent per sweep id.
+    `trigger` (why the retrain ran) is tagged on the sweep's runs and on the new version."""
     from granvae.tracking import Store, TrackingSettings, list_versions, register_winner
+    from pipelines.trigger import TRIGGER_TAG
 
     cfg = TrackingSettings(**tracking)
     store = Store(cfg)
@@ -238,6 +245,7 @@ def register(
         data_version=data_version,  # "<data repo sha>:<md5>"; git_commit is the code's
         store=store,
         experiment=cfg.experiment,
+        tags={TRIGGER_TAG: trigger} if trigger else None,
     )
     listed = {v["version"]: v for v in list_versions(cfg.model_name, store=store)}
     return {

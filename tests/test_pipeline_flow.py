@@ -74,6 +74,14 @@ def test_first_retrain_registers_one_traceable_version(world) -> None:
     assert Path(versioning.remote_url(project, "data/snapshot")).exists()  # pushed
     assert set(summary["candidates"].values()) == {"finished"}
     assert set(summary["metrics"]) >= {"recall_at_far", "image_auroc", "elbo"}
+    assert summary["trigger"] == "manual" == _version_tags(world.params, 1)["granvae.trigger"]
+
+
+def _version_tags(params: dict, version: int) -> dict[str, str]:
+    from granvae.tracking import Store, TrackingSettings
+
+    cfg = TrackingSettings(**params["tracking"])
+    return Store(cfg).client.get_model_version(cfg.model_name, str(version)).tags
 
 
 def test_first_retrain_ships_a_verified_bundle(world) -> None:

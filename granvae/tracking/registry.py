@@ -116,10 +116,18 @@ def _drop_twins(store: Store, name: str, token: str, keep: str) -> None:
             discard_version(store, name, v.version)
 
 
-def _winner_run(store: Store, experiment: str, info: SweepInfo, winner: str) -> str:
-    """(Re)log the sweep first: a no-op when complete, and it attaches the decision table."""
+def _winner_run(store: Store, experiment: str, info: SweepInfo, winner: str) -> tuple[str, str]:
+    """(Re)log the sweep first: a no-op when complete, and it attaches the decision table.
+    Returns the winner's run id and the sweep's parent run id."""
     logged = log_sweep(info.directory, experiment, info.data_version, store=store)
-    return logged["children"][winner]
+    return logged["children"][winner], logged["parent_run_id"]
+
+
+def _tag_runs(store: Store, run_ids: tuple[str, ...], tags: dict[str, str]) -> None:
+    """Caller's tags (e.g. why the retrain ran) on the sweep's parent and the winner's run."""
+    for run_id in run_ids:
+        for key, value in tags.items():
+            store.call("set tag", store.client.set_tag, run_id, key, value)
 
 
 def _version_tags(info: SweepInfo, row: dict, decision: Decision, extra: dict) -> dict[str, str]:
@@ -208,8 +216,13 @@ def register_winner(
     store: Store | None = None,
     experiment: str = "granvae",
     progress: Progress | None = None,
+    tags: dict[str, str] | None = None,
 ) -> int:
-    """The decision's winner as a complete version with alias challenger; returns its number."""
+    """The decision's winner as a complete version with alias challenger; returns its number.
+
+    `tags` (e.g. granvae.trigger, why the retrain ran) go on the new version and on the
+    sweep's parent and winner runs. A version this sweep registered before keeps the tags it
+    was created with: they describe the retrain that made it."""
     if decision.winner is None:
         raise RegistrationRefused(f"nothing registered: {decision.why}")
     store = store or Store(TrackingSettings())
@@ -225,7 +238,7 @@ def register_winner(
             if bundle_dir
             else stage_torch(cdir, Path(tmp), row)
         )
-        run_id = _winner_run(store, experiment, info, decision.winner)
+        run_id, parent_id = _winner_run(store, experiment, info, decision.winner)
         say("run_found")
         found = _previous(store, model_name, info.sweep_id, decision.winner)
         if found is not None:  # complete already; only a crash before the alias is repaired
@@ -233,11 +246,13 @@ def register_winner(
             if not aliased and "granvae.promoted_at" not in found.tags:
                 _finish(store, model_name, found, staged, run_id)
             return int(found.version)
-        uploads, tags = _provenance(info, Path(tmp))
+        uploads, extra = _provenance(info, Path(tmp))
         code = code_tags()
-        tags.update(code, git_commit=git_commit or code["granvae.code_commit"])
-        tags["granvae.flavor"] = staged.name
-        return _create(store, model_name, info, row, decision, staged, run_id, tags, say, uploads)
+        extra.update(code, git_commit=git_commit or code["granvae.code_commit"])
+        extra["granvae.flavor"] = staged.name
+        extra.update(tags or {})
+        _tag_runs(store, (parent_id, run_id), tags or {})
+        return _create(store, model_name, info, row, decision, staged, run_id, extra, say, uploads)
 
 
 def _provenance(info: SweepInfo, tmp: Path) -> tuple[dict[str, Path], dict[str, str]]:
