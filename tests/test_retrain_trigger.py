@@ -45,6 +45,7 @@ def test_monitor_triggered_retrain_records_the_reasons_on_version_and_runs(
     from prefect.flow_engine import run_flow
 
     from granvae.tracking import Store, TrackingSettings
+    from granvae.tracking.runs import SWEEP_RUN_ID
     from pipelines.monitor import monitor_line
     from pipelines.schedule import scheduled_retrain
 
@@ -72,5 +73,5 @@ def test_monitor_triggered_retrain_records_the_reasons_on_version_and_runs(
     version = client.get_model_version(cfg.model_name, str(summary["version"]))
     assert version.tags[TRIGGER_TAG] == expected
     winner = client.get_run(summary["run_id"])
-    parent = client.get_run(winner.data.tags["mlflow.parentRunId"])
+    parent = client.get_run(winner.data.tags[SWEEP_RUN_ID])  # candidate runs are top-level
     assert winner.data.tags[TRIGGER_TAG] == parent.data.tags[TRIGGER_TAG] == expected
