@@ -76,8 +76,8 @@ def live_runs_line(tracking: dict[str, Any]) -> str | None:
     settings = TrackingSettings.model_validate(tracking)
     if not settings.live:
         return None
-    store = live_store(settings)
-    try:
+    try:  # also creates the experiment (and an embedded store) before the workers start
+        store = live_store(settings)
         exp_id = store.experiment_id(settings.experiment)
     except Exception:  # noqa: BLE001 - a link is not worth failing a retrain for
         return None
