@@ -257,9 +257,9 @@ def _runs_link(tracking, url: str) -> str:
     """The experiment's runs table: MLflow 3's UI opens a bare experiment link on an empty
     GenAI overview in a fresh browser, this link on the candidates' training runs."""
     from granvae.tracking import Store
+    from granvae.tracking.ui import runs_url
 
-    exp_id = Store(tracking).experiment_id(tracking.experiment)
-    return f"{url}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    return runs_url(url, Store(tracking).experiment_id(tracking.experiment))
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from granvae.tracking.ui import ML_VIEW, runs_url
+
 LEADERBOARD_KEY = "sweep-leaderboard"
 SUMMARY_KEY = "retrain-summary"
 COLUMNS = (
@@ -50,12 +52,6 @@ def publish_leaderboard(table: list[dict], why: str) -> None:
     create_table_artifact(table=table, key=LEADERBOARD_KEY, description=f"Sweep: {why}")
 
 
-# MLflow 3's UI picks its "GenAI" or "Model training" side from this query parameter (else
-# from the browser's last choice, GenAI on a fresh browser, which opens an experiment on an
-# empty Traces overview whatever the experiment's kind tag says): links carry it.
-ML_VIEW = "workflowType=machine_learning"
-
-
 def ui_base(tracking_uri: str) -> str:
     """The UI's address: the server itself, or where `granvae ui` serves the embedded store."""
     base = tracking_uri.rstrip("/")
@@ -64,7 +60,7 @@ def ui_base(tracking_uri: str) -> str:
 
 def experiment_link(tracking_uri: str, experiment_id: str) -> str:
     """The experiment's runs table (the candidates' training runs, curves while training)."""
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+    return runs_url(ui_base(tracking_uri), experiment_id)
 
 
 def live_runs_line(tracking: dict[str, Any]) -> str | None:
@@ -76,8 +72,8 @@ def live_runs_line(tracking: dict[str, Any]) -> str | None:
     settings = TrackingSettings.model_validate(tracking)
     if not settings.live:
         return None
-    store = live_store(settings)
-    try:
+    try:  # also creates the experiment (and an embedded store) before the workers start
+        store = live_store(settings)
         exp_id = store.experiment_id(settings.experiment)
     except Exception:  # noqa: BLE001 - a link is not worth failing a retrain for
         return None

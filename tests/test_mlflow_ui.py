@@ -18,7 +18,8 @@ from sweep_fixtures import fast_store, make_sweep, unique
 from granvae.select import load_rows, select, write_decision
 from granvae.tracking import log_sweep, register_winner
 from granvae.tracking.runs import find_runs
-from pipelines.artifacts import ML_VIEW, experiment_link
+from granvae.tracking.ui import ML_VIEW
+from pipelines.artifacts import experiment_link
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

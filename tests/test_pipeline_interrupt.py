@@ -93,6 +93,7 @@ def test_ctrl_c_at_training_stops_everything_and_rerun_resumes(
     assert f"To resume, rerun: granvae retrain --params {project / 'params.yaml'}" in out
     assert "Traceback" not in out
     assert versions(params) == []
+    assert f"training curves live in MLflow: {mlflow_server}/#/experiments/" in out
     killed = _candidate_runs(params)  # the live runs of the candidates that were training
     assert killed and set(killed.values()) == {"KILLED"}, killed
 

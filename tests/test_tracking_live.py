@@ -12,12 +12,13 @@ import time
 
 import pytest
 from conftest import free_port
-from live_fixtures import Pause, config, in_thread, train_live
+from live_fixtures import MODEL, OBJECTIVE, Pause, config, images, in_thread, train_live
 from sweep_fixtures import fast_store, make_sweep, unique
 
-from granvae.tracking import log_sweep
-from granvae.tracking.live import LiveRun, live_store
+from granvae.tracking import TrackingSettings, log_sweep
+from granvae.tracking.live import LiveRun, live_run, live_store
 from granvae.tracking.runs import LOGGED_EPOCH, SWEEP_RUN_ID, find_runs
+from granvae.train import train
 
 
 def _runs(store, experiment: str, cid: str):
@@ -164,3 +165,41 @@ def test_epochs_missed_in_an_outage_are_sent_when_the_server_answers(
     (run,) = _runs(store, experiment, "g2-out")
     assert run.info.status == "FINISHED"
     assert _steps(store, run.info.run_id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_kill_9_leaves_a_running_run_that_the_resume_takes_over(mlflow_server, tmp_path):
+    """kill -9 after epoch 2's checkpoint but before its log: the run is left RUNNING with
+    step 1 only. The resumed training takes that run over (no second run), sends epoch 2
+    from the checkpoint's history, and the run ends FINISHED with every step once."""
+    store, experiment = fast_store(mlflow_server, tmp_path), unique("live")
+    settings = store.settings.model_copy(update={"experiment": experiment})
+    crashed = LiveRun(live_store(settings), experiment, "sweep-f", "g2-k9")
+    crashed.open()
+    first = lambda epoch, terms: crashed.on_epoch(epoch, terms) if epoch == 1 else None  # noqa: E731
+    # no end() and no log of epoch 2: the process "died" right after epoch 2's checkpoint
+    train(
+        images(), MODEL, OBJECTIVE, config(epochs=2), tmp_path / "c", progress=False, on_epoch=first
+    )
+    (stale,) = _runs(store, experiment, "g2-k9")
+    assert stale.info.status == "RUNNING" and _steps(store, stale.info.run_id) == [1]
+
+    result = train_live(store, experiment, "sweep-f", "g2-k9", tmp_path / "c", config())
+
+    assert result.resumed_from_epoch == 2
+    (run,) = _runs(store, experiment, "g2-k9")
+    assert run.info.run_id == stale.info.run_id and run.info.status == "FINISHED"
+    assert _steps(store, run.info.run_id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_store_that_cannot_open_does_not_stop_training(tmp_path, caplog):
+    """Opening the store itself fails (a sqlite file in a folder that is a file; in
+    practice, workers migrating a fresh sqlite store at once): a warning, training goes on."""
+    (tmp_path / "not-a-dir").write_text("x")
+    settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}")
+    caplog.set_level(logging.WARNING, logger="granvae.tracking.live")
+    with live_run(settings, "sweep-g", "g2-nostore") as live:
+        result = train(images(), MODEL, OBJECTIVE, config(epochs=2), tmp_path / "c",
+                       progress=False, on_start=live.on_start, on_epoch=live.on_epoch)  # fmt: skip
+        live.outcome = result.status
+    assert result.status == "finished" and live.run_id is None
+    assert "paused" in caplog.text

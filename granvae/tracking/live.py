@@ -8,9 +8,10 @@ or KILLED (Ctrl-C, SIGTERM). The post-training logging (granvae.tracking.runs) f
 same run by its tags and completes it; it skips the epochs the tag `granvae.logged_epoch`
 says are already there, so no step appears twice.
 
-Tracking must never cost a training: every call here is tried once (short timeout); a
-failure logs one warning, keeps the unsent epochs and waits `retry_after_s` before trying
-again, and the epochs go out with the next batch that gets through.
+Tracking must never cost a training: every call here is tried at most twice (a 5-s
+timeout, 0.1 s apart); a failure logs one warning, keeps the unsent epochs and waits
+`retry_after_s` before trying again, and the epochs go out with the next batch that gets
+through.
 
 Resume (a crash, a kill -9, Ctrl-C then a rerun): the candidate's run is found again by
 its tags and *reused* (set RUNNING again), never duplicated: one run per candidate, its
@@ -26,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -47,8 +48,10 @@ BATCH_LIMIT = 1000  # MLflow's metrics-per-log_batch limit
 
 
 def live_store(settings: TrackingSettings) -> Store:
-    """The settings' store with one attempt and a short timeout: an epoch never waits long."""
-    quick = {"attempts": 1, "http_timeout_s": min(settings.http_timeout_s, 5)}
+    """The settings' store with a short timeout and one quick retry (a sqlite file shared
+    by the sweep's worker processes may be locked for a moment): an epoch never waits long."""
+    quick = {"attempts": 2, "backoff_s": 0.1, "max_backoff_s": 0.1,
+             "http_timeout_s": min(settings.http_timeout_s, 5)}  # fmt: skip
     return Store(settings.model_copy(update=quick))
 
 
@@ -57,14 +60,16 @@ class LiveRun:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | Callable[[], Store],
         experiment: str,
         sweep_id: str,
         candidate_id: str,
         params: dict[str, Any] | None = None,
         retry_after_s: float = 30.0,
     ) -> None:
-        self.store, self.experiment = store, experiment
+        # A factory is called on first use, inside the error handling: opening a store can
+        # fail too (a fresh sqlite file that several workers migrate at once).
+        self._store, self.experiment = store, experiment
         self.sweep_id, self.candidate_id = sweep_id, candidate_id
         self.params = params or {}
         self.retry_after_s = retry_after_s
@@ -76,12 +81,18 @@ class LiveRun:
         self._quiet_until = 0.0
         self._down = False
 
-    # -- the server, tried once, never raising ------------------------------------------
+    @property
+    def store(self) -> Store:
+        if not isinstance(self._store, Store):
+            self._store = self._store()
+        return self._store
+
+    # -- the server, tried briefly, never raising ----------------------------------------
     def _try(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
         if time.monotonic() < self._quiet_until:
             return False
         try:
-            self.store.call(what, fn, *args, **kwargs)
+            self.store.call(what, fn, *args, **kwargs)  # the store itself may fail to open
         except Exception as err:  # noqa: BLE001 - tracking must never stop a training
             if not self._down:
                 log.warning(
@@ -216,7 +227,7 @@ def live_run(
     Set ``outcome`` ("finished"/"failed") and ``reason`` on the yielded LiveRun before the
     block ends; an exception ends the run FAILED, a KeyboardInterrupt KILLED (and goes on).
     """
-    live = LiveRun(store or live_store(settings), settings.experiment, sweep_id,
+    live = LiveRun(store or (lambda: live_store(settings)), settings.experiment, sweep_id,
                    candidate_id, params)  # fmt: skip
     live.open()
     try:

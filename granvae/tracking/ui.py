@@ -17,6 +17,16 @@ from pathlib import Path
 
 from granvae.tracking.store import embedded_artifacts, embedded_uri
 
+# MLflow 3's UI picks its "GenAI" or "Model training" side from this query parameter (else
+# from the browser's last choice, GenAI in a fresh browser, which opens an experiment on an
+# empty Traces overview whatever the experiment's kind tag says): granvae's links carry it.
+ML_VIEW = "workflowType=machine_learning"
+
+
+def runs_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in the UI at `ui_url`: the candidates' training runs."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+
 
 def _loopback(host: str) -> bool:
     if host == "localhost":
