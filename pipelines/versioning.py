@@ -187,3 +187,18 @@ def commit_pipeline(repo: Path, files: dict[str, str], message: str) -> list[str
     if written:
         _commit(repo, written, message)
     return written
+
+
+def lock_pipeline(repo: Path, git_paths: list[str], message: str, remote_name: str) -> bool:
+    """Record the outputs now in the workspace as the stages' results, as `dvc repro` would.
+
+    `dvc commit --force` hashes every stage's deps, params and outs into dvc.lock and moves
+    cached outs into the cache (--force: no prompt, the flow made these outputs itself, not
+    the stage commands); `dvc push` sends them to the remote, so `dvc status -c` is in sync
+    and a clone can `dvc pull` them; git then commits dvc.lock and the git-tracked outs
+    (`cache: false`), so `dvc status` is clean and `dvc metrics diff` has both sides.
+    Returns False when nothing changed (a rerun of the same retrain)."""
+    repo = repo.resolve()
+    run(["dvc", "commit", "--force"], repo)
+    run(["dvc", "push", "-r", remote_name], repo)
+    return _commit(repo, ["dvc.lock", *git_paths], message)
