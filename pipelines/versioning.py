@@ -1,8 +1,9 @@
-"""DVC + git for the data snapshot: the only module that shells out to dvc or imports it.
+"""DVC + git for the data repository: the only module that shells out to dvc or imports it.
 
 Why the `dvc` CLI and not `dvc.repo.Repo`: the CLI is DVC's stable contract, `Repo` is
-internal. Why one sequential caller: DVC holds a repository-wide lock, so parallel tasks
-would fail at random; the flow calls `version_snapshot` from a single task. Reads (the
+internal. Why sequential callers: DVC holds a repository-wide lock, so parallel tasks
+would fail at random; the flow calls `version_snapshot` from one task before the sweep and
+`lock_pipeline` from one task after registration, never at once. Reads (the
 tracked md5 at a commit, the remote URL of the snapshot) go through `dvc.api`, which
 never takes the write lock.
 
