@@ -8,12 +8,13 @@ RUN_DIR ?= runs/demo
 
 .PHONY: run test lint venv clean reliability
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock deploy/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and exactly: any other spec pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	# ./deploy too: the edge runtime (`granvae-edge pull/serve`) the README runs after `make run`
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]" -e ./deploy
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -3,6 +3,7 @@
     ingest -> validate -> version (DVC) -> sweep (one task per candidate; each task trains
     AND evaluates, because granvae.sweep.run_candidate does both) -> select -> export +
     verify the ONNX bundle -> register in MLflow (alias challenger) -> optional promotion
+    -> the results as the data repository's dvc.lock (committed, pushed: pipelines.datarepo)
 
 Export runs before registration on purpose: `register_winner` uploads the bundle with the
 version, so the registered version is complete (ONNX + manifest) or absent, never half.
@@ -175,8 +176,9 @@ def retrain(
             written = f"not written ({type(err).__name__}: {err})"
         raise RetrainRefused(_nothing_passed(sweep_dir, written, decision.why))
     report_path = tasks.report(sweep_dir)
-    tasks.dvc_metrics(sweep_dir, run.pipeline)
     shipped = _ship_stage(run, snap, sweep_dir, decision, trigger)
+    message = f"retrain: {shipped['model_name']} version {shipped['version']} on {snap['md5']}"
+    tasks.lock_data_repo(snap, sweep_dir, shipped["bundle"], decision, run.pipeline, message)
     clock["ship"] = time.perf_counter()
     summary = _summary(run, snap, sweep_dir, rows, decision, shipped, clock)
     summary["report"] = report_path

@@ -26,6 +26,7 @@ BUNDLE = OUT / "bundle"
 PREPARED = OUT / "prepare.json"
 METRICS = OUT / "metrics.json"
 LEADERBOARD = OUT / "leaderboard.csv"
+WINNER = "winner.json"  # in DECISION
 METRIC_KEYS = ("elbo", "recall_at_far", "image_auroc", "pixel_auroc", "latency_p95_b1_ms")
 
 
@@ -82,6 +83,11 @@ def evaluate(params: str | None) -> None:
     collect_metrics(SWEEP, METRICS, LEADERBOARD)
 
 
+def write_winner(folder: Path, winner: str | None, why: str) -> None:
+    """winner.json: what the export stage reads (the flow writes the same in the data repo)."""
+    (folder / WINNER).write_text(json.dumps({"winner": winner, "why": why}, indent=2))
+
+
 def select(params: str | None) -> None:
     from granvae.select import SelectionPolicy, load_rows, load_scores, write_decision
     from granvae.select import select as choose
@@ -92,9 +98,7 @@ def select(params: str | None) -> None:
     decision = choose(rows, policy, load_scores(SWEEP, rows))
     DECISION.mkdir(parents=True, exist_ok=True)
     write_decision(decision, DECISION)
-    (DECISION / "winner.json").write_text(
-        json.dumps({"winner": decision.winner, "why": decision.why}, indent=2)
-    )
+    write_winner(DECISION, decision.winner, decision.why)
     if decision.winner is None:
         sys.exit(f"no candidate passed the gates: {decision.why}")
 
@@ -103,7 +107,7 @@ def export(params: str | None) -> None:
     from pipelines.bundle import export_winner, verify_bundle
 
     run = load_run_config(params)
-    winner = json.loads((DECISION / "winner.json").read_text())["winner"]
+    winner = json.loads((DECISION / WINNER).read_text())["winner"]
     export_winner(SWEEP, winner, BUNDLE, dict(run.settings.export))
     print(verify_bundle(BUNDLE))
 

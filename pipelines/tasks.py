@@ -85,15 +85,27 @@ def version_data(staging: str, cfg: PipelineConfig, resolved: dict[str, Any]) ->
     return snap.to_dict()
 
 
-@task(name="dvc-metrics", cache_policy=NO_CACHE)
-def dvc_metrics(sweep_dir: str, cfg: PipelineConfig) -> str:
-    """runs/dvc/metrics.json + leaderboard.csv in the data repository: `dvc metrics show`
-    and `dvc plots show` there list the last retrain."""
-    from pipelines.stages import LEADERBOARD, METRICS, collect_metrics
+@task(name="lock-data-repo", cache_policy=NO_CACHE, retry_condition_fn=_transient)
+def lock_data_repo(
+    snap: dict[str, str],
+    sweep_dir: str,
+    bundle_dir: str,
+    decision: Any,
+    cfg: PipelineConfig,
+    message: str,
+) -> bool:
+    """The retrain's results as the data repo's stage outputs: dvc.lock written, outputs
+    pushed, committed (pipelines.datarepo), so `dvc status` there is clean and `dvc metrics
+    diff` compares retrains. The second and last DVC writer, after version_data."""
+    from pipelines.datarepo import record_retrain
 
-    repo = cfg.data_repo_path().resolve()
-    collect_metrics(Path(sweep_dir), repo / METRICS, repo / LEADERBOARD)
-    return str(repo / METRICS)
+    committed = record_retrain(
+        cfg.data_repo_path(), cfg.snapshot, snap["data_version"], Path(sweep_dir),
+        Path(bundle_dir), (decision.winner, decision.why), message, cfg.remote_name,
+    )  # fmt: skip
+    get_run_logger().info("data repository %s: %s", cfg.data_repo_path(),
+                          "dvc.lock committed" if committed else "nothing new to lock")  # fmt: skip
+    return committed
 
 
 def candidate_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

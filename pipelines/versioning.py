@@ -1,8 +1,9 @@
-"""DVC + git for the data snapshot: the only module that shells out to dvc or imports it.
+"""DVC + git for the data repository: the only module that shells out to dvc or imports it.
 
 Why the `dvc` CLI and not `dvc.repo.Repo`: the CLI is DVC's stable contract, `Repo` is
-internal. Why one sequential caller: DVC holds a repository-wide lock, so parallel tasks
-would fail at random; the flow calls `version_snapshot` from a single task. Reads (the
+internal. Why sequential callers: DVC holds a repository-wide lock, so parallel tasks
+would fail at random; the flow calls `version_snapshot` from one task before the sweep and
+`lock_pipeline` from one task after registration, never at once. Reads (the
 tracked md5 at a commit, the remote URL of the snapshot) go through `dvc.api`, which
 never takes the write lock.
 
@@ -187,3 +188,18 @@ def commit_pipeline(repo: Path, files: dict[str, str], message: str) -> list[str
     if written:
         _commit(repo, written, message)
     return written
+
+
+def lock_pipeline(repo: Path, git_paths: list[str], message: str, remote_name: str) -> bool:
+    """Record the outputs now in the workspace as the stages' results, as `dvc repro` would.
+
+    `dvc commit --force` hashes every stage's deps, params and outs into dvc.lock and moves
+    cached outs into the cache (--force: no prompt, the flow made these outputs itself, not
+    the stage commands); `dvc push` sends them to the remote, so `dvc status -c` is in sync
+    and a clone can `dvc pull` them; git then commits dvc.lock and the git-tracked outs
+    (`cache: false`), so `dvc status` is clean and `dvc metrics diff` has both sides.
+    Returns False when nothing changed (a rerun of the same retrain)."""
+    repo = repo.resolve()
+    run(["dvc", "commit", "--force"], repo)
+    run(["dvc", "push", "-r", remote_name], repo)
+    return _commit(repo, ["dvc.lock", *git_paths], message)

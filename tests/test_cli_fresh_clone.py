@@ -133,7 +133,8 @@ def test_retrain_and_schedule_in_a_fresh_clone(tmp_path, prefect_harness):
     assert rows[0]["git_commit"] == code_tags()[CODE_COMMIT] != "unknown"
     shown = _dvc(data_repo, "metrics", "show", "--json")  # the last retrain, as written
     assert rows[0]["candidate_id"] in shown and "recall_at_far" in shown
-    _dvc(data_repo, "repro")  # the committed dvc.yaml + resolved params, no Prefect
+    assert _dvc(data_repo, "status").strip() == "Data and pipelines are up to date."
+    _dvc(data_repo, "repro", "--force")  # the committed dvc.yaml + resolved params, no Prefect
     decision = data_repo / "runs" / "dvc" / "decision" / "winner.json"
     assert json.loads(decision.read_text())["winner"] == rows[0]["candidate_id"]
 

@@ -8,20 +8,24 @@ sweep again on a Dask LocalCluster.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from uuid import UUID
 
 import pytest
+import yaml
 from pipeline_fixtures import (
     aliases,
     git,
     landing_folder,
-    make_project,
     tiny_params,
     tree_state,
     truncate_png,
     versions,
+    write_params,
 )
 
 from pipelines import versioning
@@ -35,8 +39,10 @@ pytestmark = pytest.mark.slow
 def world(tmp_path_factory, mlflow_server, prefect_harness):
     root = tmp_path_factory.mktemp("retrain")
     params = tiny_params(root, mlflow_server)
-    project = make_project(root, params)
-    params_path = str(project / "params.yaml")
+    # params beside the data repository, as in a code project: the flow creates the repo and
+    # commits its own dvc.yaml + resolved params.yaml there (what `dvc metrics diff` reads)
+    params_path = str(write_params(root / "code" / "params.yaml", params))
+    project = Path(params["pipeline"]["data_repo"])
     first = run_retrain(params_path)
     return SimpleNamespace(root=root, params=params, project=project, path=params_path, first=first)
 
@@ -103,6 +109,39 @@ def test_first_retrain_publishes_leaderboard_and_summary(world) -> None:
     assert world.first["run_id"] in markdown
 
 
+def _dvc(repo: Path, *args: str) -> str:
+    """The `dvc` CLI beside this interpreter, as a user runs it in the data repository."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def _assert_data_repo_settled(project: Path) -> None:
+    """What a user checks after a retrain: nothing to reproduce, nothing unpushed, the lock
+    and the git-tracked outputs committed."""
+    assert _dvc(project, "status").strip() == "Data and pipelines are up to date."
+    assert _dvc(project, "status", "-c", "-r", "storage").strip() == (
+        "Cache and remote 'storage' are in sync."
+    )
+    assert git(project, "status", "--porcelain") == ""  # everything committed
+    assert git(project, "ls-files", "dvc.lock", "runs/dvc/metrics.json").split() == [
+        "dvc.lock",
+        "runs/dvc/metrics.json",
+    ]
+
+
+def test_first_retrain_leaves_the_data_repo_locked_and_clean(world) -> None:
+    _assert_data_repo_settled(world.project)
+    lock = yaml.safe_load((world.project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "sweep", "evaluate", "select", "export"}
+    winner = json.loads((world.project / "runs/dvc/decision/winner.json").read_text())
+    assert winner["winner"] == world.first["winner"]
+    bundle = world.project / "runs/dvc/bundle/manifest.json"
+    assert json.loads(bundle.read_text())["data_version"] == world.first["data_version"]
+
+
 def test_truncated_png_fails_before_training(world) -> None:
     landing = landing_folder(world.root, seed=2)
     bad = sorted((landing / "train" / "good").glob("*.png"))[3]
@@ -130,7 +169,36 @@ def test_second_retrain_new_data_new_challenger_same_champion(world, second) -> 
     assert len(log) == 2 and all(line.startswith("data: snapshot") for line in log)
 
 
-def test_second_challenger_is_compared_with_the_champion_on_its_own_images(world, second) -> None:
+def _candidate_metrics(summary: dict) -> dict[str, float]:
+    """'candidates.<id>.<metric>' -> value, from the sweep the retrain registered from."""
+    rows = json.loads((Path(summary["sweep_dir"]) / "results.json").read_text())
+    return {
+        f"candidates.{r['candidate_id']}.{k}": r[k]
+        for r in rows
+        for k in ("elbo", "recall_at_far", "image_auroc")
+    }
+
+
+def test_dvc_metrics_diff_compares_the_two_retrains(world, second) -> None:
+    _assert_data_repo_settled(world.project)
+    log = git(world.project, "log", "--format=%h %s", "--grep=^retrain: ").splitlines()
+    assert [line.split()[4] for line in log] == ["2", "1"]  # "retrain: NAME version N on md5"
+    new, old = (line.split()[0] for line in log)
+    diff = json.loads(_dvc(world.project, "metrics", "diff", "--all", "--json", old, new))
+    diff = diff["runs/dvc/metrics.json"]
+    before, after = _candidate_metrics(world.first), _candidate_metrics(second)
+    for key in before:
+        assert diff[key]["old"] == pytest.approx(before[key]), key
+        assert diff[key]["new"] == pytest.approx(after[key]), key
+    assert any(before[k] != after[k] for k in before)  # new data, new numbers
+    # right after the retrain, HEAD~1 (its params commit) still holds the previous metrics
+    last = json.loads(_dvc(world.project, "metrics", "diff", "--all", "--json", "HEAD~1"))
+    assert last["runs/dvc/metrics.json"] == diff
+
+
+def test_second_challenger_is_compared_with_the_champion_on_its_own_images(
+    world, second
+) -> None:
     """Both registered ONNX bundles scored on v2's evaluation images, with the rule the
     evaluation used: v2's own figure there is the one it was registered with."""
     from granvae.tracking import Store, TrackingSettings

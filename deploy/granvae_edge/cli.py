@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-local-artifacts",
         action="store_true",
-        help="accept file:// artifact URIs from the server (off: only its HTTP proxy)",
+        help="copy a file:// artifact source from this machine's disk (off: read it through "
+        "the server)",
     )
     p.add_argument(
         "--credentials",

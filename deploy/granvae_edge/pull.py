@@ -10,6 +10,13 @@ here are stable, documented endpoints of MLflow 3.x:
 - GET /api/2.0/mlflow-artifacts/artifacts?path=<rel>               -> {"files": [...]}
 - GET /api/2.0/mlflow-artifacts/artifacts/<rel>/<file>             -> file bytes
 
+A version whose source the proxy does not serve (``file://`` on the server's disk, as on the
+embedded sqlite store behind `granvae ui`; ``s3://`` without the proxy) is read *through the
+server* instead, with the endpoints its UI uses; the device never opens a path a server names:
+
+- GET /api/2.0/mlflow/artifacts/list?run_id=&path=<rel>          -> {"root_uri", "files"}
+- GET /get-artifact?run_id=&path=<rel>/<file>                     -> file bytes
+
 The download lands in a temp folder beside ``--out``, is verified as a bundle (schema, hash,
 session), and only then moved into place, so a half-downloaded or tampered model never sits
 where a server would load it.
@@ -42,6 +49,8 @@ except ImportError:  # pragma: no cover (Windows)
 
 API = "/api/2.0/mlflow"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+RUN_LIST_API = f"{API}/artifacts/list"
+RUN_FILE_API = "/get-artifact"
 DEFAULT_MAX_BYTES = 2 * 1024**3
 MAX_DEPTH = 4  # a bundle is flat; MLflow adds one level at most
 MAX_FILES = 256
@@ -103,9 +112,11 @@ def _safe_name(name: Any) -> str:
     return name
 
 
-def _listing(client: RestClient, rel: str) -> list[dict[str, Any]]:
-    url = client.url(ARTIFACTS_API, {"path": rel})
-    files = client.get_json(ARTIFACTS_API, {"path": rel}).get("files", [])
+def _listing(
+    client: RestClient, api: str, params: dict[str, str], rel: str
+) -> list[dict[str, Any]]:
+    url = client.url(api, params)
+    files = client.get_json(api, params).get("files", [])
     if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
         raise PullError(f"{url}: malformed listing: 'files' is not a list of objects")
     if not files:
@@ -121,6 +132,17 @@ class _Fetch:
     client: RestClient
     budget: Budget
     expected: dict[str, str]  # file name -> sha256 the manifest promises (top level only)
+    run_id: str | None = None  # set: the server's run-artifact endpoints, else its proxy
+
+    def listing(self, rel: str) -> list[dict[str, Any]]:
+        if self.run_id is None:
+            return _listing(self.client, ARTIFACTS_API, {"path": rel}, rel)
+        return _listing(self.client, RUN_LIST_API, {"run_id": self.run_id, "path": rel}, rel)
+
+    def file_path(self, rel: str) -> str:
+        if self.run_id is None:
+            return f"{ARTIFACTS_API}/{urllib.parse.quote(rel, safe='/')}"
+        return RUN_FILE_API + "?" + urllib.parse.urlencode({"run_id": self.run_id, "path": rel})
 
 
 def _expect_from_manifest(path: Path) -> dict[str, str]:
@@ -143,16 +165,14 @@ def fetch_proxied(fetch: _Fetch, rel: str, dest: Path, depth: int = 0) -> None:
     """Mirror the artifact folder ``rel`` (relative to the server's artifact root) into dest."""
     if depth > MAX_DEPTH:
         raise PullError(f"artifact folder {rel!r} is nested deeper than {MAX_DEPTH} levels")
-    for entry in _listing(fetch.client, rel):
+    for entry in fetch.listing(rel):
         name = _safe_name(str(entry.get("path", "")).rsplit("/", 1)[-1])
         child = f"{rel}/{name}" if rel else name
         if entry.get("is_dir"):
             (dest / name).mkdir()
             fetch_proxied(fetch, child, dest / name, depth + 1)
             continue
-        digest = fetch.client.download(
-            f"{ARTIFACTS_API}/{urllib.parse.quote(child, safe='/')}", dest / name, fetch.budget
-        )
+        digest = fetch.client.download(fetch.file_path(child), dest / name, fetch.budget)
         if depth == 0 and name == MANIFEST_FILE:
             fetch.expected = _expect_from_manifest(dest / name)
         want = fetch.expected.get(name) if depth == 0 else None
@@ -176,11 +196,14 @@ def fetch_artifacts(
     dest: Path,
     allow_local: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    run_id: str | None = None,
 ) -> None:
     """Copy the version's artifacts into ``dest`` (an existing, empty folder).
 
-    Only the tracking server's artifact proxy is used by default: a ``file://`` URI in a server
-    answer would otherwise make the device copy any local folder it names into its bundle.
+    Only the tracking server is read by default: its artifact proxy, or, given the version's
+    ``run_id``, its run-artifact endpoints for a source the proxy does not serve. A ``file://``
+    URI is never opened on the device unless ``allow_local``: a server answer would otherwise
+    make the device copy any local folder it names into its bundle.
     """
     budget = Budget(max_bytes)
     parsed = urllib.parse.urlparse(artifact_uri)
@@ -189,7 +212,12 @@ def fetch_artifacts(
         rel = urllib.parse.unquote(parsed.path).strip("/")
         fetch_proxied(_Fetch(client, budget, {}), rel, dest)
         return
-    if parsed.scheme in ("file", ""):
+    local = parsed.scheme in ("file", "")
+    if run_id is not None and not (local and allow_local):
+        rel = run_relative(client, run_id, artifact_uri)
+        fetch_proxied(_Fetch(client, budget, {}, run_id), rel, dest)
+        return
+    if local:
         if not allow_local:
             raise PullError(
                 f"artifact URI {artifact_uri!r} is a local path; refusing it (a server must "
@@ -205,6 +233,31 @@ def fetch_artifacts(
         f"artifact URI {artifact_uri!r} uses scheme {parsed.scheme!r}; the edge runtime reads "
         "only mlflow-artifacts:/ (run the server with --artifacts-destination)"
     )
+
+
+def run_relative(client: RestClient, run_id: str, artifact_uri: str) -> str:
+    """The version's folder relative to its run's artifact root, as the server reports it."""
+    url = client.url(RUN_LIST_API, {"run_id": run_id})
+    root = client.get_json(RUN_LIST_API, {"run_id": run_id}).get("root_uri")
+    if not isinstance(root, str) or not root:
+        raise PullError(f"{url}: no 'root_uri': the server cannot list the run's artifacts")
+    root = root.rstrip("/")
+    if not artifact_uri.startswith(root + "/"):
+        raise PullError(
+            f"artifact URI {artifact_uri!r} is not under its run's artifacts ({root}); "
+            "refusing it (serve artifacts through the server's proxy: --artifacts-destination)"
+        )
+    return artifact_uri[len(root) + 1 :].strip("/")
+
+
+def version_run_id(client: RestClient, name: str, version: str) -> str:
+    """The run that logged the version: its artifacts are read through the server."""
+    path, params = f"{API}/model-versions/get", {"name": name, "version": version}
+    run_id = field(client.get_json(path, params), client.url(path, params), "model_version",
+                   "run_id")  # fmt: skip
+    if not isinstance(run_id, str) or not run_id or not run_id.isalnum():
+        raise PullError(f"{client.url(path, params)}: run_id {run_id!r} is not a run id")
+    return run_id
 
 
 def check_out_folder(out: Path) -> None:
@@ -319,7 +372,10 @@ def pull(
     """
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-        raise PullError("an http(s) tracking URI is needed: --tracking-uri or MLFLOW_TRACKING_URI")
+        raise PullError(
+            "an http(s) tracking URI is needed: --tracking-uri URL or MLFLOW_TRACKING_URI (the "
+            "server holding the registry, e.g. http://127.0.0.1:5000 where `granvae ui` listens)"
+        )
     ref = parse_model_uri(model_uri)
     out = Path(out).absolute()
     check_out_folder(out)  # refuse before any download, not after
@@ -327,10 +383,16 @@ def pull(
     client = RestClient(tracking_uri, retries=retries, authorization=auth)
     version = resolve_version(client, ref)
     artifact_uri = download_uri(client, ref.name, version)
+    run_id = None
+    scheme = urllib.parse.urlparse(artifact_uri).scheme
+    if scheme != "mlflow-artifacts" and not (allow_local and scheme in ("file", "")):
+        run_id = version_run_id(client, ref.name, version)  # read through the server, not here
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     with _pull_folder(out) as tmp:
-        fetch_artifacts(client, artifact_uri, tmp, allow_local=allow_local, max_bytes=max_bytes)
+        fetch_artifacts(
+            client, artifact_uri, tmp, allow_local=allow_local, max_bytes=max_bytes, run_id=run_id
+        )
         try:  # full verification before anything replaces the current one
             bundle = load_bundle(tmp, trust=trust)
         except (BundleError, SignatureError) as exc:

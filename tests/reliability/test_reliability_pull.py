@@ -116,10 +116,19 @@ CASES = {
         lambda s: {f"{BUNDLE_FILE}/manifest.json": raw_answer(_inf_manifest(s))},
         "'threshold.value' is not a finite number",
     ),
-    "file:// artifact URI": (
+    "file:// artifact URI, no run to read it through": (
         lambda s: {f"{API}/model-versions/get-download-uri": json_answer(
             {"artifact_uri": s.as_uri()})},
-        "is a local path; refusing it",
+        "no 'model_version.run_id'",
+    ),
+    "file:// artifact URI outside its run's artifacts": (
+        lambda s: {f"{API}/model-versions/get-download-uri": json_answer(
+                       {"artifact_uri": s.as_uri()}),
+                   f"{API}/model-versions/get": json_answer(
+                       {"model_version": {"version": "1", "run_id": "abc"}}),
+                   f"{API}/artifacts/list": json_answer(
+                       {"root_uri": "file:///srv/mlruns/1/abc/artifacts", "files": []})},
+        "is not under its run's artifacts",
     ),
     "HTTP 404": (
         lambda s: {f"{API}/registered-models/alias": json_answer({"message": "no alias"}, 404)},
