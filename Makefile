@@ -8,7 +8,7 @@ RUN_DIR ?= runs/demo
 
 .PHONY: run test lint venv clean reliability
 
-$(STAMP): pyproject.toml requirements.lock deploy/pyproject.toml
+$(STAMP): pyproject.toml requirements.lock deploy/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and exactly: any other spec pulls a multi-GB CUDA build.
