@@ -130,6 +130,25 @@ def start_mlflow_server(
     return server
 
 
+def start_auth_server(root: Path, admin_password: str, app_name: str) -> MlflowServer:
+    """A server with an auth app (``basic-auth``, or the stack's ``granvae-auth``): users in
+    their own sqlite database under ``root``, default permission READ, user ``admin``."""
+    import secrets
+
+    root.mkdir(parents=True, exist_ok=True)
+    ini = root / "auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'auth.db'}\nadmin_username = admin\n"
+        f"admin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
+    return start_mlflow_server(root / "server", extra_args=("--app-name", app_name),
+                               extra_env=env)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def mlflow_server_process(tmp_path_factory) -> Iterator[MlflowServer]:
     """The session's server process; a test that kills it must `restart()` it (see below)."""

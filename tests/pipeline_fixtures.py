@@ -7,8 +7,11 @@ cheap evaluation settings. Every service is real: git, DVC with a local remote, 
 
 from __future__ import annotations
 
+import copy
+import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,24 +24,29 @@ from granvae.data.to_folder import write_mvtec
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One candidate that trains in seconds; every other setting as the project's params.yaml has it.
+ONE_CANDIDATE = {
+    "data": {"source": "surfaces", "n_train": 128, "n_val": 100, "n_test": 64,
+             "image_size": 32, "seed": 0},
+    "model": {"latent_dim": 4, "hidden": 64},
+    "sweep": {"granularities": [2], "betas": [4.0], "seeds": [0]},
+    "train": {"epochs": 1, "batch_size": 64},
+    "evaluation": {"iwae_k": 4, "iwae_images": 16, "latency_repeats": 2,
+                   "disentanglement": False},
+    "select": {"gates": [{"metric": "status", "op": "==", "value": "finished"}]},
+    "pipeline": {"max_workers": 1, "retries": 1, "retry_delay_s": 0.5},
+}  # fmt: skip
+
 
 def tiny_params(root: Path, tracking_uri: str, **sections: Any) -> dict[str, Any]:
     """The project's params.yaml shrunk to two candidates that train in seconds."""
     name = f"pipe-{uuid.uuid4().hex[:8]}"
-    base = {
-        "data": {"source": "surfaces", "n_train": 128, "n_val": 100, "n_test": 64,
-                 "image_size": 32, "seed": 0},
-        "model": {"latent_dim": 4, "hidden": 64},
-        "sweep": {"granularities": [1, 2], "betas": [4.0], "seeds": [0]},
-        "train": {"epochs": 1, "batch_size": 64},
-        "evaluation": {"iwae_k": 4, "iwae_images": 16, "latency_repeats": 2,
-                       "disentanglement": False},
-        "select": {"gates": [{"metric": "status", "op": "==", "value": "finished"}]},
+    base = merge(copy.deepcopy(ONE_CANDIDATE), {  # tests may edit lists in place
+        "sweep": {"granularities": [1, 2]},
         "tracking": {"uri": tracking_uri, "model_name": name, "experiment": name},
         "pipeline": {"data_repo": str(root / "project"), "snapshot": "data/snapshot",
-                     "work_dir": str(root / "work"),
-                     "max_workers": 2, "retries": 1, "retry_delay_s": 0.5},
-    }  # fmt: skip
+                     "work_dir": str(root / "work"), "max_workers": 2},
+    })  # fmt: skip
     project = yaml.safe_load((ROOT / "params.yaml").read_text())  # every section dvc.yaml names
     return merge(merge(project, base), sections)
 
@@ -100,3 +108,12 @@ def aliases(params: dict[str, Any]) -> dict[str, int]:
 
     cfg = TrackingSettings(**params["tracking"])
     return read_aliases(Store(cfg), cfg.model_name)
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    """The `dvc` CLI beside this interpreter, as a user runs it in the data repository."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout

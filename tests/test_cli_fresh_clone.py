@@ -21,7 +21,7 @@ from uuid import UUID
 
 import pytest
 import yaml
-from pipeline_fixtures import git
+from pipeline_fixtures import ONE_CANDIDATE, dvc, git
 
 from granvae.config import merge
 from pipelines.schedule import DEPLOYMENT
@@ -30,17 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GRANVAE = str(Path(sys.executable).parent / "granvae")
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "data": {"source": "surfaces", "n_train": 128, "n_val": 100, "n_test": 64,
-             "image_size": 32, "seed": 0},
-    "model": {"latent_dim": 4, "hidden": 64},
-    "sweep": {"granularities": [2], "betas": [4.0], "seeds": [0]},
-    "train": {"epochs": 1, "batch_size": 64},
-    "evaluation": {"iwae_k": 4, "iwae_images": 16, "latency_repeats": 2,
-                   "disentanglement": False},
-    "select": {"gates": [{"metric": "status", "op": "==", "value": "finished"}]},
-    "pipeline": {"max_workers": 1, "retries": 1, "retry_delay_s": 0.5},
-}  # fmt: skip
 
 
 def _env(prefect_api: str) -> dict[str, str]:
@@ -49,12 +38,6 @@ def _env(prefect_api: str) -> dict[str, str]:
     return env
 
 
-def _dvc(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    proc = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def _history(repo: Path) -> list[str]:
@@ -112,7 +95,7 @@ def test_retrain_and_schedule_in_a_fresh_clone(tmp_path, prefect_harness):
     clone = tmp_path / "granvae"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     before = _history(clone)
-    params = merge(yaml.safe_load((clone / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((clone / "params.yaml").read_text()), ONE_CANDIDATE)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(prefect_harness)
 
@@ -131,10 +114,10 @@ def test_retrain_and_schedule_in_a_fresh_clone(tmp_path, prefect_harness):
 
     rows = list_versions(store=Store(TrackingSettings(workdir=clone)))
     assert rows[0]["git_commit"] == code_tags()[CODE_COMMIT] != "unknown"
-    shown = _dvc(data_repo, "metrics", "show", "--json")  # the last retrain, as written
+    shown = dvc(data_repo, "metrics", "show", "--json")  # the last retrain, as written
     assert rows[0]["candidate_id"] in shown and "recall_at_far" in shown
-    assert _dvc(data_repo, "status").strip() == "Data and pipelines are up to date."
-    _dvc(data_repo, "repro", "--force")  # the committed dvc.yaml + resolved params, no Prefect
+    assert dvc(data_repo, "status").strip() == "Data and pipelines are up to date."
+    dvc(data_repo, "repro", "--force")  # the committed dvc.yaml + resolved params, no Prefect
     decision = data_repo / "runs" / "dvc" / "decision" / "winner.json"
     assert json.loads(decision.read_text())["winner"] == rows[0]["candidate_id"]
 

@@ -8,14 +8,10 @@ pulls the data, shrinks the sweep in params.yaml and reproduces every stage.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_fixtures import git, make_project, tiny_params
+from pipeline_fixtures import dvc, git, make_project, tiny_params
 
 from granvae.data import check_dataset, generate, write_dataset
 from pipelines import versioning
@@ -23,12 +19,6 @@ from pipelines import versioning
 pytestmark = pytest.mark.slow
 
 
-def _dvc(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    proc = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def test_dvc_repro_on_a_fresh_clone(tmp_path) -> None:
@@ -43,13 +33,13 @@ def test_dvc_repro_on_a_fresh_clone(tmp_path) -> None:
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(project), str(clone))
     assert not (clone / "data" / "snapshot").exists()
-    _dvc(clone, "pull", "-q", "data/snapshot.dvc")  # the data; stage outputs get rebuilt
+    dvc(clone, "pull", "-q", "data/snapshot.dvc")  # the data; stage outputs get rebuilt
     assert check_dataset(clone / "data" / "snapshot")["splits"]  # hashes verified
 
     tiny = yaml.safe_load((clone / "params.yaml").read_text())
     tiny["sweep"]["granularities"] = [2]  # the params override: one candidate
     (clone / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
-    _dvc(clone, "repro")
+    dvc(clone, "repro")
 
     out = clone / "runs" / "dvc"
     prepared = json.loads((out / "prepare.json").read_text())
@@ -58,9 +48,9 @@ def test_dvc_repro_on_a_fresh_clone(tmp_path) -> None:
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["data_version"] == snap.data_version
     assert json.loads((out / "decision" / "winner.json").read_text())["winner"] == "g2-b4-d4-s0"
-    metrics = json.loads(_dvc(clone, "metrics", "show", "--json"))
+    metrics = json.loads(dvc(clone, "metrics", "show", "--json"))
     assert "runs/dvc/metrics.json" in json.dumps(metrics)
     assert "n_finished" in json.dumps(metrics)
-    _dvc(clone, "plots", "show", "-o", str(tmp_path / "plots"))
+    dvc(clone, "plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
-    assert "up to date" in _dvc(clone, "status")  # nothing left to reproduce
+    assert "up to date" in dvc(clone, "status")  # nothing left to reproduce

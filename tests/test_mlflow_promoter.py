@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from conftest import start_mlflow_server
+from conftest import start_auth_server
 from test_mlflow_roles import API, rest
 
 from granvae.stack.mlflow_app import decide
@@ -27,17 +27,7 @@ PROMOTER = ("promoter", secrets.token_urlsafe(16))
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-promoter")
-    ini = root / "auth.ini"
-    ini.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{root / 'auth.db'}\nadmin_username = admin\n"
-        f"admin_password = {ADMIN[1]}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
-    srv = start_mlflow_server(root / "server", extra_args=("--app-name", "granvae-auth"),
-                              extra_env=env)  # fmt: skip
+    srv = start_auth_server(root, ADMIN[1], "granvae-auth")
     try:
         for user, password in (RETRAIN, PROMOTER):
             body = {"username": user, "password": password}

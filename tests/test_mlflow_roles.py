@@ -17,7 +17,7 @@ import urllib.request
 
 import onnx
 import pytest
-from conftest import start_mlflow_server
+from conftest import start_auth_server
 from edge_fixtures import run_cli
 from signing_fixtures import STATS_FILE, make_keys, make_signed_bundle
 
@@ -49,17 +49,7 @@ def registry(tmp_path_factory):
     import mlflow.onnx
 
     root = tmp_path_factory.mktemp("mlflow-auth")
-    ini = root / "auth.ini"
-    ini.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{root / 'auth.db'}\nadmin_username = admin\n"
-        f"admin_password = {ADMIN_PW}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
-    server = start_mlflow_server(root / "server", extra_args=("--app-name", "basic-auth"),
-                                 extra_env=env)  # fmt: skip
+    server = start_auth_server(root, ADMIN_PW, "basic-auth")
     try:
         admin = ("admin", ADMIN_PW)
         body = {"username": "device", "password": DEVICE_PW}

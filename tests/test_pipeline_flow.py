@@ -8,9 +8,6 @@ sweep again on a Dask LocalCluster.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from uuid import UUID
@@ -19,6 +16,7 @@ import pytest
 import yaml
 from pipeline_fixtures import (
     aliases,
+    dvc,
     git,
     landing_folder,
     tiny_params,
@@ -109,20 +107,13 @@ def test_first_retrain_publishes_leaderboard_and_summary(world) -> None:
     assert world.first["run_id"] in markdown
 
 
-def _dvc(repo: Path, *args: str) -> str:
-    """The `dvc` CLI beside this interpreter, as a user runs it in the data repository."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
 
 
 def _assert_data_repo_settled(project: Path) -> None:
     """What a user checks after a retrain: nothing to reproduce, nothing unpushed, the lock
     and the git-tracked outputs committed."""
-    assert _dvc(project, "status").strip() == "Data and pipelines are up to date."
-    assert _dvc(project, "status", "-c", "-r", "storage").strip() == (
+    assert dvc(project, "status").strip() == "Data and pipelines are up to date."
+    assert dvc(project, "status", "-c", "-r", "storage").strip() == (
         "Cache and remote 'storage' are in sync."
     )
     assert git(project, "status", "--porcelain") == ""  # everything committed
@@ -184,7 +175,7 @@ def test_dvc_metrics_diff_compares_the_two_retrains(world, second) -> None:
     log = git(world.project, "log", "--format=%h %s", "--grep=^retrain: ").splitlines()
     assert [line.split()[4] for line in log] == ["2", "1"]  # "retrain: NAME version N on md5"
     new, old = (line.split()[0] for line in log)
-    diff = json.loads(_dvc(world.project, "metrics", "diff", "--all", "--json", old, new))
+    diff = json.loads(dvc(world.project, "metrics", "diff", "--all", "--json", old, new))
     diff = diff["runs/dvc/metrics.json"]
     before, after = _candidate_metrics(world.first), _candidate_metrics(second)
     for key in before:
@@ -192,7 +183,7 @@ def test_dvc_metrics_diff_compares_the_two_retrains(world, second) -> None:
         assert diff[key]["new"] == pytest.approx(after[key]), key
     assert any(before[k] != after[k] for k in before)  # new data, new numbers
     # right after the retrain, HEAD~1 (its params commit) still holds the previous metrics
-    last = json.loads(_dvc(world.project, "metrics", "diff", "--all", "--json", "HEAD~1"))
+    last = json.loads(dvc(world.project, "metrics", "diff", "--all", "--json", "HEAD~1"))
     assert last["runs/dvc/metrics.json"] == diff
 
 

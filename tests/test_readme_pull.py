@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import free_port
+from pipeline_fixtures import ONE_CANDIDATE
 
 from granvae.config import merge
 
@@ -32,16 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
-TINY = {  # one candidate that trains in seconds; every other setting as make run has it
-    "data": {"n_train": 128, "n_val": 100, "n_test": 64, "image_size": 32},
-    "model": {"latent_dim": 4, "hidden": 64},
-    "sweep": {"granularities": [2], "betas": [4.0], "seeds": [0]},
-    "train": {"epochs": 1, "batch_size": 64},
-    "evaluation": {"iwae_k": 4, "iwae_images": 16, "latency_repeats": 2,
-                   "disentanglement": False},
-    "select": {"gates": [{"metric": "status", "op": "==", "value": "finished"}]},
-    "pipeline": {"max_workers": 1, "retries": 1, "retry_delay_s": 0.5},
-}  # fmt: skip
 
 
 def readme_line(command: str) -> str:
@@ -81,7 +72,7 @@ def _wait_http(url: str, proc: subprocess.Popen, limit_s: float = 120) -> None:
 def test_readme_pull_works_after_a_retrain(tmp_path, prefect_harness):
     project = tmp_path / "granvae"
     project.mkdir()
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), ONE_CANDIDATE)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(prefect_harness)
     _run([str(BIN / "granvae"), "retrain", "--data-repo", "runs/demo/data-repo",
