@@ -25,6 +25,7 @@ import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 from granvae.stack.config import StackError, StackState, s3_credentials
 
@@ -149,7 +150,7 @@ def grant_promoter(state: StackState) -> int:
     covers models made before the role existed, or while the promoter user was missing)."""
     token, names = None, []
     while True:
-        query = "?max_results=1000" + (f"&page_token={token}" if token else "")
+        query = "?max_results=1000" + (f"&page_token={quote(token)}" if token else "")
         page = _admin_call(state, "GET", f"{MODELS_API}/search{query}", None, "list models")
         names += [m["name"] for m in page.get("registered_models", [])]
         token = page.get("next_page_token")
