@@ -69,7 +69,9 @@ def paced(port: int, body: bytes, clients: int, rate: float, seconds: float,
             time.sleep(max(0.0, due - time.perf_counter()))
             try:
                 conn.request("POST", "/score", body, {"Content-Type": "image/png"})
-                ok = conn.getresponse().read() and True
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
             except OSError:
                 ok = False
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
