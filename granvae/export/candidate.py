@@ -33,6 +33,7 @@ from granvae.objectives import make_groups
 from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig
 from granvae.scoring.density import DensityStats
 from granvae.scoring.density import set_stats as set_density_stats
+from granvae.scoring.features import load_bank as load_feature_bank
 from granvae.scoring.head import TileGraph
 from granvae.scoring.stats import STATS_FILE
 from granvae.train import MODEL_DIR
@@ -208,6 +209,7 @@ def export_candidate(
     tile_density = DensityStats.load(candidate_dir)  # the tile-density rules' graph constants
     if tile_density is not None:
         set_density_stats(head, tile_density)
+    load_feature_bank(head, candidate_dir)  # feat_knn's coreset, a constant of the graph
     thr = _as_threshold(threshold)
     graph, val, tiling = _graph_and_parity_images(head, val_images)
     if int8 and (test_images is None or test_labels is None):

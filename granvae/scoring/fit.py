@@ -13,7 +13,7 @@ import torch
 
 from granvae.models import FactorizedVAE
 from granvae.objectives import make_groups
-from granvae.scoring import density
+from granvae.scoring import density, features
 from granvae.scoring.density_fit import fit_density
 from granvae.scoring.head import (
     FUSION_PARTS,
@@ -86,11 +86,15 @@ def build_head(
     smooth_sigma: float = 2.0,
     topk_frac: float = 0.01,
     tiling: Tiling | None = None,
+    also: tuple[str, ...] = (),
 ) -> InspectionHead:
     """The head a candidate is evaluated and shipped with: statistics fitted on its own
     training images whatever the rule, so any rule can be looked at later from the folder.
     A tiled head fits them on the scoring grid's tiles of (a sample of) those images, and a
-    tile-density rule also its coreset and moments (any density rule can then be looked at)."""
+    tile-density rule also its coreset and moments (any density rule can then be looked at).
+    ``also``: further rules to fit for (the per-line choice scores several on one head);
+    the feature bank of ``feat_knn`` is fitted only when asked for, as it costs a pass over
+    the training images and a coreset."""
     head = InspectionHead(model, groups, "neg_elbo", smooth_sigma=smooth_sigma, topk_frac=topk_frac)
     if tiling is not None:
         check_tile_rule(rule)
@@ -99,6 +103,9 @@ def build_head(
             fit_density(head, train_images, tiling, np.random.default_rng(0))
         # a seeded sample of images, all grid tiles of each, about MAX_FIT_IMAGES in all
         train_images = grid_tiles(train_images, tiling, MAX_FIT_IMAGES, np.random.default_rng(0))
+    elif features.FEATURE_RULES & {rule, *also}:
+        features.first_conv(model)
+        features.fit_feature_bank(head, train_images, np.random.default_rng(0))
     fit_head(head, train_images)
     head.score_kind, head.tiling = rule, tiling
     return head
@@ -111,6 +118,8 @@ def save_head_scoring(head: InspectionHead, directory: Path | str) -> None:
         head.stats().save(directory)
     if head.density_fitted:
         density.get_stats(head).save(directory)
+    if head.feature_fitted:
+        features.save_bank(head, directory)
 
 
 def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = None):
@@ -131,4 +140,5 @@ def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = No
     tile_density = density.DensityStats.load(candidate_dir)
     if tile_density is not None:
         density.set_stats(head, tile_density)
+    features.load_bank(head, candidate_dir)
     return head

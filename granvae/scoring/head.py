@@ -12,6 +12,8 @@ Score rules (``evaluation.score`` in params.yaml; the manifest records which):
     l2_max / l2_topk        smoothed squared error: max / mean of the top k pixels
     ssim_max / ssim_topk    smoothed 1 - SSIM(x, reconstruction) (Bergmann et al. 2019)
     zres_max / zres_topk    smoothed squared residual normalised per pixel by good images
+    feat_knn   smoothed distance of each position's first-layer feature to its nearest good
+               one in a coreset bank (granvae.scoring.features; textured lines)
     latent     Mahalanobis distance of the posterior mean to good images' codes
     fusion     sum of zres_topk, ssim_topk and latent, each standardised on good images
 
@@ -31,7 +33,7 @@ from torch import nn
 from granvae.distributions import kl_to_standard_normal, recon_mean, recon_nll_map
 from granvae.models import FactorizedVAE
 from granvae.objectives import group_matrix
-from granvae.scoring import density, maps
+from granvae.scoring import density, features, maps
 from granvae.scoring.stats import ScoreStats, ScoringConfig
 from granvae.scoring.tiling import Tiling
 
@@ -39,7 +41,7 @@ FUSION_PARTS = ("zres_topk", "ssim_topk", "latent")
 NEEDS_STATS = frozenset({"zres_max", "zres_topk", "latent", "fusion"})
 SCORES = (
     "neg_elbo", "recon", "nll_max", "l2_max", "l2_topk", "ssim_max", "ssim_topk",
-    "zres_max", "zres_topk", "latent", "fusion",
+    "zres_max", "zres_topk", "latent", "fusion", "feat_knn",
 )  # fmt: skip
 
 
@@ -88,7 +90,9 @@ class _Pass:
             return 1.0 - maps.ssim_map(self.x, recon, h.ssim_kernel)
         if name == "zres_raw":
             return ((self.residual() - h.pixel_mean) / h.pixel_std).pow(2).sum(1)
-        if name in ("l2", "ssim", "zres"):
+        if name == "feat_raw":
+            return features.distance_map(h, self.x)
+        if name in ("l2", "ssim", "zres", "feat"):
             return maps.smooth_map(self.map(f"{name}_raw"), h.smooth_kernel)
         if name in density.DENSITY_RULES:
             return density.tile_map(self, name)
@@ -122,6 +126,7 @@ RULES: dict[str, tuple[ScoreFn, str]] = {
     "zres_topk": (lambda p: maps.topk_mean(p.map("zres"), p.head.topk), "zres"),
     "latent": (_latent, "l2"),
     "fusion": (_fusion, "zres"),
+    "feat_knn": (lambda p: maps.max_value(p.map("feat")), "feat"),
 }
 assert set(RULES) == set(SCORES)
 
@@ -188,6 +193,8 @@ class InspectionHead(nn.Module):
         if score in density.DENSITY_RULES and tiling is None:
             raise ValueError(f"score rule {score!r} is a density of the tile: it needs tiles "
                              "(tiling.tile, or a tile size in sweep.tiles)")  # fmt: skip
+        if score in features.FEATURE_RULES:
+            features.first_conv(model)  # an MLP encoder is refused here, not at scoring time
         cfg = model.config
         self.score_kind = score
         # Set: the model sees tiles of a larger part (granvae.scoring.tiled scores full images).
@@ -207,6 +214,7 @@ class InspectionHead(nn.Module):
         self.register_buffer("fusion_mean", torch.zeros(len(FUSION_PARTS)))
         self.register_buffer("fusion_std", torch.ones(len(FUSION_PARTS)))
         density.register_buffers(self, d)
+        features.register_buffers(self, model)
         self.stats_fitted = False
         if stats is not None:
             self.set_stats(stats)
@@ -253,7 +261,8 @@ class InspectionHead(nn.Module):
     def all_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every rule's score from one pass (the benchmark compares rules on one model)."""
         p = _Pass(self, images)
-        usable = [r for r in SCORES if self.stats_fitted or r not in NEEDS_STATS]
+        usable = [r for r in SCORES if (self.stats_fitted or r not in NEEDS_STATS)
+                  and (self.feature_fitted or r not in features.FEATURE_RULES)]
         return {rule: RULES[rule][0](p) for rule in usable}
 
 
