@@ -46,6 +46,7 @@ from granvae.models import FactorizedVAE  # noqa: E402
 from granvae.objectives import make_groups  # noqa: E402
 from granvae.peers import PEERS  # noqa: E402
 from granvae.scoring import InspectionHead, fit_head, score_all_rules, score_images  # noqa: E402
+from granvae.scoring.features import fit_feature_bank  # noqa: E402
 from granvae.train import train  # noqa: E402
 from pipelines.cli import parse_sets  # noqa: E402
 
@@ -129,6 +130,8 @@ def train_vae(splits: dict, settings, seed: int, out: Path):
     groups = make_groups(model.config.latent_dim, settings.objective.granularity)
     head = InspectionHead(model, groups, score="neg_elbo")
     fit_head(head, splits["train"].images)
+    if model.config.arch == "conv":  # feat_knn's bank: one more row per data set
+        fit_feature_bank(head, splits["train"].images, np.random.default_rng(seed))
     return head, result
 
 

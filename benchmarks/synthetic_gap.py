@@ -37,6 +37,7 @@ from granvae.models import FactorizedVAE  # noqa: E402
 from granvae.objectives import make_groups  # noqa: E402
 from granvae.peers import PEERS  # noqa: E402
 from granvae.scoring import InspectionHead, fit_head, score_all_rules  # noqa: E402
+from granvae.scoring.features import fit_feature_bank  # noqa: E402
 from granvae.synthetic_choice import CandidateScores, choose_rule  # noqa: E402
 from pipelines.cli import parse_sets  # noqa: E402
 
@@ -50,6 +51,8 @@ def trained_head(splits: dict, settings, args, out: Path) -> InspectionHead:
     groups = make_groups(model.config.latent_dim, settings.objective.granularity)
     head = InspectionHead(model, groups, score="neg_elbo")
     fit_head(head, splits["train"].images)
+    if model.config.arch == "conv":  # feat_knn's bank, as bench.train_vae fits it
+        fit_feature_bank(head, splits["train"].images, np.random.default_rng(args.seed))
     return head
 
 

@@ -91,6 +91,10 @@ class EvalConfig(BaseModel):
     bootstrap: int = Field(1000, ge=100)  # replicates of the recall interval
     # rule of candidates with a swept tile size (sweep.tiles); null = `score`
     tile_score: str | None = None
+    # rules tried beside `score` by each whole-image candidate, which keeps the one with the
+    # best recall on synthetic defects drawn on its own validation images (granvae.rule_choice;
+    # ties keep `score`); empty: always `score`
+    score_alternatives: list[str] = Field(default_factory=list)
 
     @field_validator("score")
     @classmethod
@@ -101,6 +105,17 @@ class EvalConfig(BaseModel):
         if v not in known:
             raise ValueError(f"score must be one of {', '.join(known)}; got {v!r}")
         return v
+
+    @field_validator("score_alternatives")
+    @classmethod
+    def _known_choices(cls, v: list[str]) -> list[str]:
+        from granvae.scoring.head import SCORES
+
+        unknown = [r for r in v if r not in SCORES]
+        if unknown:
+            raise ValueError(f"score_alternatives: {', '.join(map(repr, unknown))} not a rule; "
+                             f"rules: {', '.join(SCORES)}")  # fmt: skip
+        return list(dict.fromkeys(v))
 
     @field_validator("tile_score")
     @classmethod

@@ -25,6 +25,7 @@ from granvae.metrics.disentanglement import evaluate_all
 from granvae.metrics.thresholds import Threshold, calibrate_threshold
 from granvae.models import FactorizedVAE, to_unit
 from granvae.objectives import make_groups
+from granvae.rule_choice import choose_score_rule, usable_rules
 from granvae.scoring import InspectionHead, build_head, save_head_scoring, score_images
 from granvae.scoring.tiling import Tiling, grid_tiles
 
@@ -165,13 +166,21 @@ def evaluate_candidate(
     candidate_dir = Path(candidate_dir)
     model = FactorizedVAE.load(candidate_dir / "model").eval()
     groups = make_groups(model.config.latent_dim, granularity)
+    choices = usable_rules([cfg.score, *cfg.score_alternatives], tiling is not None,
+                           model.config.arch == "conv")  # fmt: skip
     head = build_head(
         model, groups, cfg.score, splits["train"].images, cfg.smooth_sigma, cfg.topk_frac,
-        tiling=tiling,
+        tiling=tiling, also=tuple(choices),
     )  # fmt: skip
+    chosen = {}
+    if len(choices) > 1:  # on synthetic defects on the val images; test stays unseen
+        chosen = choose_score_rule(head, splits["val"].images, choices, cfg.false_alarm_rate, seed)
     save_head_scoring(head, candidate_dir)
     test = splits["test"]
     metrics, threshold, arrays = _inspection(head, splits, meta, cfg)
+    metrics.update(chosen)
+    if chosen and "recall_at_far" in metrics:  # how far the estimate is from real defects
+        metrics["synthetic_gap"] = chosen["synthetic_recall_at_far"] - metrics["recall_at_far"]
     good = test.images[test.labels == 0]
     good = _model_inputs(good if len(good) else splits["val"].images, tiling)
     metrics.update(_elbo_metrics(model, good, granularity, cfg))

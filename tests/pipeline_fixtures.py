@@ -32,7 +32,7 @@ ONE_CANDIDATE = {
     "sweep": {"granularities": [2], "betas": [4.0], "seeds": [0]},
     "train": {"epochs": 1, "batch_size": 64},
     "evaluation": {"iwae_k": 4, "iwae_images": 16, "latency_repeats": 2,
-                   "disentanglement": False},
+                   "disentanglement": False, "score_alternatives": []},  # rule choice: own tests
     "select": {"gates": [{"metric": "status", "op": "==", "value": "finished"}]},
     "pipeline": {"max_workers": 1, "retries": 1, "retry_delay_s": 0.5},
 }  # fmt: skip

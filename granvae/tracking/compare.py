@@ -156,6 +156,7 @@ def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarr
     from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig, score_images
     from granvae.scoring.density import DensityStats
     from granvae.scoring.density import set_stats as set_density_stats
+    from granvae.scoring.features import load_bank
     from granvae.scoring.stats import STATS_FILE
 
     model = FactorizedVAE.load(folder).eval()
@@ -170,6 +171,7 @@ def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarr
     tile_density = DensityStats.load(folder)
     if tile_density is not None:
         set_density_stats(head, tile_density)
+    load_bank(head, folder)  # feat_knn's coreset
     return score_images(head, images)["score"]
 
 

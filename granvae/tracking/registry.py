@@ -247,12 +247,25 @@ def register_winner(
                 _finish(store, model_name, found, staged, run_id)
             return int(found.version)
         uploads, extra = _provenance(info, Path(tmp))
+        chosen = _chosen_rule(cdir)  # the candidate's own rule (granvae.rule_choice)
+        if chosen:
+            extra[SCORE_TAG] = chosen
         code = code_tags()
         extra.update(code, git_commit=git_commit or code["granvae.code_commit"])
         extra["granvae.flavor"] = staged.name
         extra.update(tags or {})
         _tag_runs(store, (parent_id, run_id), tags or {})
         return _create(store, model_name, info, row, decision, staged, run_id, extra, say, uploads)
+
+
+def _chosen_rule(candidate_dir: Path) -> str | None:
+    """The rule the candidate was evaluated with (scoring.json), which per-line choice may
+    have set to another than params' evaluation.score."""
+    path = candidate_dir / "scoring.json"
+    try:
+        return str(json.loads(path.read_text())["rule"]) if path.is_file() else None
+    except (ValueError, KeyError):
+        return None
 
 
 def _provenance(info: SweepInfo, tmp: Path) -> tuple[dict[str, Path], dict[str, str]]:

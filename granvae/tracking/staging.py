@@ -106,8 +106,10 @@ def stage_torch(candidate_dir: Path, tmp: Path, row: dict[str, Any]) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
     out = tmp / TORCH
     shutil.copytree(model_dir, out)
-    # the head's rule + stats (tile_density.npz: the tile-density rules' coreset and moments)
-    for name in ("threshold.json", "scoring.json", "score_stats.npz", "tile_density.npz"):
+    # the head's rule + stats (tile_density.npz: the tile-density rules' coreset and moments;
+    # feature_bank.npz: feat_knn's coreset of first-layer features)
+    for name in ("threshold.json", "scoring.json", "score_stats.npz", "tile_density.npz",
+                 "feature_bank.npz"):  # fmt: skip
         if (candidate_dir / name).is_file():
             shutil.copy2(candidate_dir / name, out / name)
     size, channels = int(config["image_size"]), int(config.get("in_channels", 1))
