@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -82,6 +81,8 @@ def read_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """results.json if present (NaN as null), else results.csv."""
     if (sweep_dir / "results.json").exists():
         return json.loads((sweep_dir / "results.json").read_text())
+    import pandas as pd  # lazily: only old sweeps lack results.json; `granvae models` never
+
     table = pd.read_csv(sweep_dir / "results.csv")
     return [{k: _clean(v) for k, v in row.items()} for row in table.to_dict("records")]
 
