@@ -173,7 +173,8 @@ class Store:
         try:
             # The kind tag says "training runs" to MLflow UIs that read it; MLflow 3.17's UI
             # does not (its GenAI/Model training switch decides): the links granvae prints
-            # carry workflowType=machine_learning (pipelines/artifacts.py, `granvae ui`).
+            # carry workflowType=machine_learning (pipelines/artifacts.py, `granvae ui`);
+            # docs/pipeline.md names the UI code that ignores the tag.
             return self.call(
                 "create experiment", self.client.create_experiment, name, location,
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
