@@ -14,6 +14,10 @@ The geometry is a contract shared with the edge runtime's numpy twin
 - tiles row-major (y outer, x inner);
 - stitching is the mean over the tiles covering a pixel: a constant map stitches to the
   same constant, so tile borders leave no seams.
+
+The geometry and the `tiling` config (Tiling, TilingConfig, extract_tiles, grid_tiles) are
+numpy-only and live in granvae/tile_geometry.py, so reading params.yaml needs no torch;
+they are re-exported here beside the torch halves (stitch, random_tiles).
 """
 
 from __future__ import annotations
