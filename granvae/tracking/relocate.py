@@ -3,18 +3,18 @@
 Why: MLflow's sqlite store records absolute locations (`file:///home/u/proj/mlartifacts/...`
 for experiments, runs, model versions, logged models). After `mv ~/proj ~/proj2` the
 registry still listed the model but every artifact read (`granvae-edge pull` through
-`granvae ui`, promotion's comparison, exports) looked in the old folder, and the next
+`granvae ui`, promotion's comparison) looked in the old folder, and the next
 retrain silently recreated `~/proj/mlartifacts` and wrote there. A copy (`cp -r`) was worse:
 it wrote into the original's folder.
 
 How: the embedded store always keeps its artifacts in `<db folder>/mlartifacts`
-(granvae.tracking.store), so an experiment located at `file://<P>/mlartifacts/<name>` with
-P not the db's folder says the project was moved from P. Then every location column that
-starts with `P/` (as a `file://` URI, percent-encoded or not, or a plain path) is rewritten
-to the db's folder, in one transaction, and one line says so. Locations outside P (a user's
-own artifact root, `mlflow-artifacts:/`, s3://) are never touched, nor are params and tags
-(they record what ran, where it ran). Only the embedded store is relocated: a server's
-store (http, postgres) is not ours to rewrite.
+(granvae.tracking.store), so an experiment `<name>` located at `file://<P>/mlartifacts/<name>`
+with P not the db's folder says the project was moved (or copied) from P. Then every
+location column that starts with `P/` (as a `file://` URI, percent-encoded or not, or a
+plain path) is rewritten to the db's folder, in one transaction, and one line says so.
+Locations outside P (a user's own artifact root, `mlflow-artifacts:/`, s3://) are never
+touched, nor are params and tags (they record what ran, where it ran). Only the embedded
+store is relocated: a server's store (http, postgres) is not ours to rewrite.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ LOCATIONS = (
 BUSY_TIMEOUT_S = 30.0
 
 
+def experiment_folder(name: str) -> str:
+    """The folder under mlartifacts/ granvae gives experiment `name` (Store.experiment_id)."""
+    return name.replace("/", "_")
+
+
 def _local_path(location: str | None) -> Path | None:
     """The folder a `file:` URI or plain absolute path names; None for anything remote."""
     if not location:
@@ -47,14 +52,17 @@ def _local_path(location: str | None) -> Path | None:
 
 
 def old_roots(conn: sqlite3.Connection, root: Path) -> list[Path]:
-    """Folders the store's granvae experiments say it lived in, other than `root`."""
+    """Folders the store's granvae experiments say it lived in, other than `root`.
+
+    Only a location granvae itself gives an experiment counts (`<P>/mlartifacts/<name>`,
+    the experiment's own name): a user's experiment elsewhere never defines a move."""
     found = set()
-    for (location,) in conn.execute("SELECT artifact_location FROM experiments"):
+    for name, location in conn.execute("SELECT name, artifact_location FROM experiments"):
         path = _local_path(location)
-        if path is not None and path.parent.name == ARTIFACTS_DIR:
-            old = path.parent.parent
-            if old != root:
-                found.add(old)
+        if path is None or path.name != experiment_folder(str(name)):
+            continue
+        if path.parent.name == ARTIFACTS_DIR and path.parent.parent != root:
+            found.add(path.parent.parent)
     return sorted(found)
 
 

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from granvae.project import project_root
-from granvae.tracking.relocate import ARTIFACTS_DIR, relocate_store
+from granvae.tracking.relocate import ARTIFACTS_DIR, experiment_folder, relocate_store
 
 T = TypeVar("T")
 DB_FILE = "mlflow.db"
@@ -179,7 +179,7 @@ class Store:
         location = None
         if self.uri.startswith("sqlite:"):
             root = embedded_artifacts(self.settings.workdir)
-            location = (root / name.replace("/", "_")).as_uri()
+            location = (root / experiment_folder(name)).as_uri()
         try:
             # The kind tag says "training runs" to MLflow UIs that read it; MLflow 3.17's UI
             # does not (its GenAI/Model training switch decides): the links granvae prints
