@@ -142,10 +142,10 @@ def test_relocation_rewrites_only_paths_under_the_old_folder(tmp_path, monkeypat
     from granvae.tracking import Store, TrackingSettings
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the embedded store
-    old, new = tmp_path / "proj", tmp_path / "proj-renamed"
+    old, new = tmp_path / "my proj", tmp_path / "proj renamed"  # URIs percent-encode spaces
     store = Store(TrackingSettings(workdir=old, uri=None))
     own = store.experiment_id("granvae")
-    sibling = (tmp_path / "proj2" / "mlartifacts" / "x").as_uri()
+    sibling = (tmp_path / "my proj2" / "mlartifacts" / "x").as_uri()
     elsewhere = (tmp_path / "elsewhere").as_uri()
     store.client.create_experiment("sibling", sibling)
     store.client.create_experiment("elsewhere", elsewhere)
