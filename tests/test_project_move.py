@@ -165,3 +165,23 @@ def test_relocation_rewrites_only_paths_under_the_old_folder(tmp_path, monkeypat
     after = _locations(new / "mlflow.db")
     assert {sibling, elsewhere, "mlflow-artifacts:/served"} <= set(after)
     assert not [loc for loc in after if loc.startswith(old.as_uri() + "/")]
+
+
+def test_an_absolute_default_remote_becomes_relative_on_the_next_retrain(tmp_path):
+    """Data repositories made before the remote was relative get it at their next retrain
+    (ensure_repo), so the move after that keeps `dvc pull` working."""
+    from configobj import ConfigObj
+
+    from pipelines import versioning
+
+    repo = tmp_path / "proj" / "data-repo"
+    versioning.ensure_repo(repo, None)
+    remote = versioning.default_remote(repo)
+    dvc(repo, "remote", "add", "--force", "storage", str(remote))  # as older granvae wrote it
+    config = repo / ".dvc" / "config"
+    assert ConfigObj(str(config))['remote "storage"']["url"] == str(remote)
+    versioning.ensure_repo(repo, None)
+    assert ConfigObj(str(config))['remote "storage"']["url"] == "../../data-repo-dvc-remote"
+    user_remote = str(tmp_path / "elsewhere")
+    versioning.ensure_repo(repo, user_remote)  # a remote the user names stays as given
+    assert ConfigObj(str(config))['remote "storage"']["url"] == user_remote
