@@ -31,6 +31,7 @@ from granvae.evaluate import evaluate_candidate, read_evaluation
 from granvae.metrics.seeds import aggregate_rows
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig, resolve_weights
+from granvae.project import portable_path
 from granvae.scoring.tiling import TilingConfig
 from granvae.train import EpochCallback, StartCallback, TrainConfig, pick_device, train
 
@@ -268,7 +269,7 @@ def begin_sweep(
     started = old.get("started") or time.time()
     meta = {
         "settings": settings.model_dump(mode="json"),
-        "data_dir": str(data_dir.resolve()),
+        "data_dir": portable_path(data_dir, out_dir),  # relative: the project can move
         "data_version": data_version_id or data_version(data_dir),
         "candidates": [c.candidate_id for c in cands],
         "workers": workers,
