@@ -230,7 +230,11 @@ def sweep_cmd(
     seeds: Annotated[str | None, typer.Option(help="e.g. 0,1")] = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="default: one per core")] = None,
-    track: Annotated[bool, typer.Option(help="log runs to MLflow afterwards")] = False,
+    track: Annotated[
+        bool,
+        typer.Option(help="log to MLflow: each candidate's curves while it trains "
+                     "(tracking.live), its metrics and plots after the sweep"),
+    ] = False,  # fmt: skip
     set_: SetOpt = None,
 ) -> None:
     """Train and evaluate every candidate of the granularity x capacity x seed grid."""
@@ -249,7 +253,7 @@ def sweep_cmd(
         overrides["train"] = {"epochs": epochs}
     try:
         settings = load_settings(params, overrides, set_)
-        rows = run_sweep(settings, data, out)
+        rows = run_sweep(settings, data, out, candidate_fn=_live_candidates(settings, track))
     except (SettingsError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     failed = [r["candidate_id"] for r in rows if r["status"] != "finished"]
@@ -266,6 +270,25 @@ def sweep_cmd(
         ids = log_sweep(out, experiment=tracking.experiment, store=Store(tracking))
         uri, run = ids["tracking_uri"], ids["parent_run_id"]
         console.print(f"tracked in MLflow ({uri}): parent run {run}")
+
+
+def _live_candidates(settings, track: bool):
+    """With --track and `tracking.live` on: the candidate runner that opens each candidate's
+    MLflow run as its training starts and logs every epoch (as `retrain` does), after
+    printing where to watch; else None (train without tracking)."""
+    if not track:
+        return None
+    from granvae.tracking import TrackingSettings
+    from granvae.tracking.live_sweep import tracked_candidate
+
+    if not TrackingSettings.model_validate(settings.tracking).live:
+        return None
+    from pipelines.artifacts import live_runs_line
+
+    line = live_runs_line(dict(settings.tracking))  # also creates the experiment up front
+    if line:
+        console.print(line, soft_wrap=True, highlight=False)
+    return tracked_candidate
 
 
 @app.command("report")

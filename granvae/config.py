@@ -16,12 +16,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from granvae.models import ModelConfig
-from granvae.objectives import ObjectiveConfig
 from granvae.param_keys import apply_gate_sets, blame, parse_sets, unknown_keys
 from granvae.project import project_params
-from granvae.scoring.tiling import TilingConfig
-from granvae.train import TrainConfig
+
+# The torch-free homes of these blocks: every command reads params.yaml, and a registry
+# command must not import torch to do it (tests/test_cli_startup.py).
+from granvae.schemas import ModelConfig, ObjectiveConfig, TrainConfig
+from granvae.tile_geometry import TilingConfig
 
 DEFAULT_PARAMS = Path("params.yaml")  # the working folder's override, when present
 EMBEDDED_PARAMS = Path(__file__).resolve().parent / "params.yaml"
@@ -99,7 +100,7 @@ class EvalConfig(BaseModel):
     @field_validator("score")
     @classmethod
     def _known_rule(cls, v: str) -> str:
-        from granvae.scoring.head import SCORES, TILE_RULES
+        from granvae.score_rules import SCORES, TILE_RULES
 
         known = dict.fromkeys([*SCORES, *TILE_RULES])  # tile rules need tiling.tile set
         if v not in known:
@@ -109,7 +110,7 @@ class EvalConfig(BaseModel):
     @field_validator("score_alternatives")
     @classmethod
     def _known_choices(cls, v: list[str]) -> list[str]:
-        from granvae.scoring.head import SCORES
+        from granvae.score_rules import SCORES
 
         unknown = [r for r in v if r not in SCORES]
         if unknown:
@@ -120,7 +121,7 @@ class EvalConfig(BaseModel):
     @field_validator("tile_score")
     @classmethod
     def _known_tile_rule(cls, v: str | None) -> str | None:
-        from granvae.scoring.head import TILE_RULES
+        from granvae.score_rules import TILE_RULES
 
         if v is not None and v not in TILE_RULES:
             raise ValueError(f"tile_score must be one of {', '.join(TILE_RULES)}; got {v!r}")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from granvae.schemas import PARAMS_PER_CHANNEL  # noqa: F401 - re-exported, lives with ModelConfig
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -75,9 +77,6 @@ NLL_MAPS: dict[str, NllMap] = {
     "gaussian": gaussian_nll_map,
     "gaussian_learned": lambda x, params, _std: gaussian_learned_nll_map(x, params),
 }
-
-# Output channels per image channel: the learned-variance decoder emits mean and variance.
-PARAMS_PER_CHANNEL = {"bernoulli": 1, "gaussian": 1, "gaussian_learned": 2}
 
 
 def recon_nll_map(likelihood: str, x: torch.Tensor, params: torch.Tensor, obs_std: float):

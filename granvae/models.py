@@ -15,38 +15,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from granvae.distributions import PARAMS_PER_CHANNEL
+from granvae.schemas import ModelConfig  # re-exported: torch-free, granvae.config reads it
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
-
-
-class ModelConfig(BaseModel):
-    """Constructor args of FactorizedVAE; what config.json holds."""
-
-    arch: str = Field("conv", pattern="^(conv|mlp)$")
-    in_channels: int = Field(1, ge=1, le=4)
-    image_size: int = Field(64, ge=4)
-    latent_dim: int = Field(10, ge=1)
-    hidden: int = Field(256, ge=8)
-    likelihood: str = Field("bernoulli", pattern="^(bernoulli|gaussian|gaussian_learned)$")
-    obs_std: float = Field(0.1, gt=0)  # fixed std of "gaussian"; unused by the other two
-    width: int = Field(1, ge=1, le=8)  # multiplies the conv channels (32-32-64-64)
-
-    @property
-    def out_channels(self) -> int:
-        """Decoder output channels: the likelihood's parameters per image channel."""
-        return self.in_channels * PARAMS_PER_CHANNEL[self.likelihood]
-
-    @field_validator("image_size")
-    @classmethod
-    def _conv_friendly(cls, v: int) -> int:
-        if v % 16:
-            raise ValueError(f"image_size must be a multiple of 16 (four stride-2 layers), got {v}")
-        return v
 
 
 class VAEOutput(NamedTuple):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, Field
 
 from granvae.distributions import (
     kl_to_standard_normal,
@@ -24,19 +23,9 @@ from granvae.distributions import (
     recon_nll_map,
 )
 from granvae.models import ModelConfig, VAEOutput
+from granvae.schemas import ObjectiveConfig  # re-exported: torch-free, see granvae.schemas
 
 TERM_NAMES = ("recon", "kl", "mi", "tc", "tc_between", "group_kl", "elbo", "loss")
-
-
-class ObjectiveConfig(BaseModel):
-    """Which member of the family, and its weights; see `resolve_weights`."""
-
-    name: str = Field("beta_stcvae", pattern="^(vae|beta_vae|beta_tcvae|beta_stcvae)$")
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(1.0, ge=0)
-    gamma: float = Field(1.0, ge=0)
-    granularity: int = Field(1, ge=1)
-    estimator: str = Field("mws", pattern="^(mws|mss)$")
 
 
 def _vae(cfg: ObjectiveConfig, d: int) -> tuple[float, float, float, int]:

@@ -10,6 +10,7 @@ that only read a store refuse to create one there (`require_store`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 MARKERS = ("params.yaml", ".granvae", "mlflow.db")  # any one makes a folder a project
@@ -55,3 +56,22 @@ def require_store(uri: str, start: Path | str | None = None) -> None:
         f"no MLflow store at {db}. Run this inside a project (where `granvae retrain` "
         "ran), or point at a store: MLFLOW_TRACKING_URI=... or --set tracking.uri=..."
     )
+
+
+def portable_path(path: Path | str, base: Path | str) -> str:
+    """How a record in `base` (a sweep folder) names `path`: relative to `base` when both
+    lie in one project, so the project can be moved or renamed (`mv ~/proj ~/proj2`) and
+    the record still finds its data; absolute when `path` lies outside the project."""
+    path, base = Path(path).resolve(), Path(base).resolve()
+    root = find_project(base)
+    if root is None or not path.is_relative_to(root):
+        return str(path)
+    return os.path.relpath(path, base)
+
+
+def recorded_path(value: str | None, base: Path | str) -> Path | None:
+    """The absolute path a record in `base` names (portable_path's inverse; absolute
+    paths, as older records and outside-project paths have them, pass through)."""
+    if not value:
+        return None
+    return (Path(base) / value).resolve() if not Path(value).is_absolute() else Path(value)

@@ -14,6 +14,7 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -30,6 +31,7 @@ from granvae.evaluate import evaluate_candidate, read_evaluation
 from granvae.metrics.seeds import aggregate_rows
 from granvae.models import ModelConfig
 from granvae.objectives import ObjectiveConfig, resolve_weights
+from granvae.project import portable_path
 from granvae.scoring.tiling import TilingConfig
 from granvae.train import EpochCallback, StartCallback, TrainConfig, pick_device, train
 
@@ -42,6 +44,8 @@ CANDIDATES = "candidates"
 EARLY_STOP_IMAGES = 512  # held-out good images early stopping evaluates each epoch; the rest of
 # the (larger) val split only calibrates thresholds, where its size buys the promised rate
 PROGRESS_FILE = "progress.json"  # {"epoch", "epochs"}: rewritten each epoch, read by retrain's bar
+# run_candidate's shape: (candidate, settings, data_dir, out_dir, progress, threads) -> row
+CandidateFn = Callable[..., dict]
 
 
 @dataclass(frozen=True)
@@ -215,19 +219,20 @@ def _run_all(
     out_dir: Path,
     workers: int,
     progress: bool,
+    candidate_fn: CandidateFn,
 ) -> list[dict]:
     rows: dict[str, dict] = {}
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"sweep ({workers} worker{'s' * (workers > 1)})", total=len(cands))
         if workers == 1:
             for c in cands:
-                rows[c.candidate_id] = run_candidate(c, settings, data_dir, out_dir, progress)
+                rows[c.candidate_id] = candidate_fn(c, settings, data_dir, out_dir, progress)
                 bar.advance(task)
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 futures = {
-                    pool.submit(run_candidate, c, settings, data_dir, out_dir, False, threads): c
+                    pool.submit(candidate_fn, c, settings, data_dir, out_dir, False, threads): c
                     for c in cands
                 }
                 for fut in as_completed(futures):
@@ -264,7 +269,7 @@ def begin_sweep(
     started = old.get("started") or time.time()
     meta = {
         "settings": settings.model_dump(mode="json"),
-        "data_dir": str(data_dir.resolve()),
+        "data_dir": portable_path(data_dir, out_dir),  # relative: the project can move
         "data_version": data_version_id or data_version(data_dir),
         "candidates": [c.candidate_id for c in cands],
         "workers": workers,
@@ -292,14 +297,20 @@ def run_sweep(
     progress: bool = True,
     workers: int | None = None,
     data_version_id: str | None = None,
+    candidate_fn: CandidateFn | None = None,
 ) -> list[dict]:
-    """Run (or finish) a sweep into out_dir following docs/contracts.md; return the rows."""
+    """Run (or finish) a sweep into out_dir following docs/contracts.md; return the rows.
+
+    ``candidate_fn`` runs one candidate (default `run_candidate`; `granvae sweep --track`
+    passes granvae.tracking.live_sweep.tracked_candidate, which logs its curves live). It
+    must be a module-level function: worker processes are spawned and pickle it."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     read_manifest(data_dir)  # fail early, naming the folder, if it is not a dataset store
     cands = candidate_grid(settings.sweep, settings.model)
     workers = min(workers or default_workers(settings.sweep, settings.train.device), len(cands))
     begin_sweep(settings, data_dir, out_dir, cands, workers, data_version_id)
-    rows = _run_all(cands, settings, data_dir, out_dir, workers, progress)
+    rows = _run_all(cands, settings, data_dir, out_dir, workers, progress,
+                    candidate_fn or run_candidate)  # fmt: skip
     finish_sweep(rows, out_dir)
     return rows
 

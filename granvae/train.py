@@ -16,16 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from granvae.distributions import kl_to_standard_normal, recon_nll_map
 from granvae.models import FactorizedVAE, ModelConfig
 from granvae.objectives import ObjectiveConfig, compute_terms
+from granvae.schemas import AUGMENTS, TrainConfig  # noqa: F401 - re-exported, torch-free
 from granvae.scoring.tiling import TilingConfig, random_tiles
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -38,31 +37,6 @@ MEMORY_FORMATS = {"conv": torch.channels_last, "mlp": torch.contiguous_format}
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch done, 1-based; its terms)
 # (first epoch to train, 0-based; the history resumed from the checkpoint, [] when fresh)
 StartCallback = Callable[[int, list[dict[str, float]]], None]
-
-
-AUGMENTS = ("hflip", "vflip", "rot180")
-
-
-class TrainConfig(BaseModel):
-    """How one candidate trains.
-
-    kl_warmup_epochs: the KL-side terms are scaled from 0 to 1 over this many epochs, so
-    the decoder learns to use z before the prior pulls every posterior onto it (the
-    collapse seen on real textures). augment: flips a product allows (a texture does,
-    an aligned part with a notch on one side does not). early_stop_patience: stop when
-    the held-out negative ELBO has not improved for this many epochs and keep the best
-    epoch's weights (needs val images).
-    """
-
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    seed: int = 0
-    device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
-    num_threads: int | None = Field(None, ge=1)
-    kl_warmup_epochs: float = Field(0.0, ge=0)
-    augment: list[Literal["hflip", "vflip", "rot180"]] = Field(default_factory=list)
-    early_stop_patience: int | None = Field(None, ge=1)
 
 
 @dataclass

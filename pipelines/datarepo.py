@@ -12,6 +12,7 @@ version's metrics. Nothing is recomputed: the files are the ones the flow regist
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,17 @@ def _write_prepared(repo: Path, snapshot: str, data_version: str) -> None:
     (repo / stages.PREPARED).write_text(text)
 
 
+def _repoint_sweep(repo: Path, snapshot: str) -> None:
+    """The copied sweep.json names the snapshot relative to where the copy lies (the flow's
+    sweep names it relative to the work folder's sweep): `granvae report runs/dvc/sweep`
+    works in the data repository wherever it is moved."""
+    path = repo / stages.SWEEP / "sweep.json"
+    if path.is_file():
+        meta = json.loads(path.read_text())
+        meta["data_dir"] = os.path.relpath(repo / snapshot, repo / stages.SWEEP)
+        path.write_text(json.dumps(meta, indent=2))
+
+
 def _write_decision(repo: Path, sweep_dir: Path, winner: str, why: str) -> None:
     """runs/dvc/decision: the flow's decision.csv/.md plus winner.json, as select writes."""
     folder = repo / stages.DECISION
@@ -84,6 +96,7 @@ def record_retrain(
     (repo / stages.OUT).mkdir(parents=True, exist_ok=True)
     _write_prepared(repo, snapshot, data_version)
     versioning.replace_folder(sweep_dir, repo / stages.SWEEP)
+    _repoint_sweep(repo, snapshot)
     _write_decision(repo, sweep_dir, *decision)
     versioning.replace_folder(bundle_dir, repo / stages.BUNDLE)
     stages.collect_metrics(sweep_dir, repo / stages.METRICS, repo / stages.LEADERBOARD)

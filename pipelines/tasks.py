@@ -20,7 +20,7 @@ from prefect.context import TaskRunContext
 
 from granvae.config import Settings
 from granvae.data import check_dataset, generate, import_mvtec, write_dataset
-from granvae.sweep import Candidate, finish_sweep, run_candidate
+from granvae.sweep import Candidate, finish_sweep
 from pipelines import bundle, versioning
 from pipelines.config import PipelineConfig
 
@@ -159,36 +159,12 @@ def train_candidate(
     candidate's live MLflow run (curves while it trains) unless `tracking.live` is off."""
     get_run_logger().info("training candidate %s", candidate.candidate_id)
     settings = _device_for(settings, index)
-    with _live_run(candidate, settings, sweep_dir, data_version) as live:
-        hooks = {"on_start": live.on_start, "on_epoch": live.on_epoch} if live else {}
-        row = run_candidate(
-            candidate, settings, Path(data_dir), Path(sweep_dir), threads=threads, **hooks
-        )
-        if live:
-            live.outcome, live.reason = row["status"], row.get("reason")
+    from granvae.tracking.live_sweep import tracked_candidate
+
+    row = tracked_candidate(candidate, settings, Path(data_dir), Path(sweep_dir),
+                            threads=threads, data_version=data_version)  # fmt: skip
     get_run_logger().info("candidate %s: %s", candidate.candidate_id, row["status"])
     return row
-
-
-def _live_run(candidate: Candidate, settings: Settings, sweep_dir: str, data_version: str):
-    """The candidate's live run (granvae.tracking.live), or a no-op when `tracking.live` is
-    off; tagged with the sweep id `granvae.tracking.runs.log_sweep` later reads from
-    sweep.json, so the registration completes this same run."""
-    import contextlib
-
-    from granvae.sweep import SWEEP_FILE, candidate_row
-    from granvae.tracking import TrackingSettings
-    from granvae.tracking.live import live_run
-    from granvae.tracking.runs import candidate_params
-
-    tracking = TrackingSettings.model_validate(settings.tracking)
-    if not tracking.live:
-        return contextlib.nullcontext(None)
-    meta = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
-    sweep_id = str(meta.get("sweep_id") or meta.get("id"))
-    row = candidate_row(candidate, settings, "running", None)
-    params = candidate_params(row, meta.get("data_version") or data_version)
-    return live_run(tracking, sweep_id, candidate.candidate_id, params)
 
 
 @task(name="collect-results", cache_policy=NO_CACHE)

@@ -82,13 +82,23 @@ def _commit(repo: Path, paths: list[str], message: str) -> bool:
     return True
 
 
+def _stored_url(repo: Path, name: str) -> str | None:
+    """The remote's URL as .dvc/config spells it (`dvc remote list` shows it made absolute,
+    so only the file tells a relative URL from an absolute one)."""
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(repo / ".dvc" / "config"))
+    return (config.get(f'remote "{name}"') or {}).get("url")
+
+
 def _configure_remote(repo: Path, name: str, url: str) -> None:
     """Add (or repoint) the remote; made default only when it is new, so a project's own
-    default survives (we always push with `-r name`, so the default is not needed)."""
-    listed = run(["dvc", "remote", "list"], repo).stdout.split()
-    current = dict(zip(listed[::2], listed[1::2], strict=False))
-    if current.get(name) != url:
-        default = [] if current else ["--default"]
+    default survives (we always push with `-r name`, so the default is not needed).
+    A relative `url` is relative to the repo; DVC stores it relative to .dvc/config."""
+    wanted = os.path.relpath(repo / url, repo / ".dvc") if "://" not in url else url
+    if _stored_url(repo, name) not in (url, wanted):
+        any_remote = run(["dvc", "remote", "list"], repo).stdout.strip()
+        default = [] if any_remote else ["--default"]
         run(["dvc", "remote", "add", "--force", *default, name, url], repo)
 
 
@@ -102,7 +112,9 @@ def ensure_repo(repo: Path, remote: str | None, remote_name: str = "storage") ->
     url = remote or str(default_remote(repo))
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
-    _configure_remote(repo, remote_name, url)
+    # The default remote beside the repo is named relative to it, so moving the project
+    # folder (`mv ~/proj ~/proj2`) keeps `dvc pull` working; a remote you name stays as given.
+    _configure_remote(repo, remote_name, remote or os.path.relpath(url, repo))
     _commit(repo, [".dvc/config", ".dvc/.gitignore", ".dvcignore"], "dvc: init data repository")
     return url
 

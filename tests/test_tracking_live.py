@@ -203,3 +203,63 @@ def test_a_store_that_cannot_open_does_not_stop_training(tmp_path, caplog):
         live.outcome = result.status
     assert result.status == "finished" and live.run_id is None
     assert "paused" in caplog.text
+
+
+def test_sweep_track_logs_each_candidate_live(mlflow_server, tmp_path):
+    """`granvae sweep --track`, the real CLI: a candidate's run is RUNNING with some, not
+    all, of its epochs while the sweep trains (the process is stopped while the test looks),
+    and the logging after the sweep completes that same run without repeating an epoch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from granvae.data import generate, write_dataset
+
+    epochs, experiment = 120, unique("sweep-live")
+    splits, meta = generate("surfaces", 64, 32, 32, 0, image_size=16)
+    write_dataset(tmp_path / "data", splits, meta)
+    params = {
+        "model": {"arch": "mlp", "latent_dim": 4, "hidden": 32},
+        "train": {"epochs": epochs, "batch_size": 32, "device": "cpu"},
+        "sweep": {"granularities": [1, 2], "betas": [2.0], "seeds": [0], "workers": 1},
+        "evaluation": {"disentanglement": False, "latency_repeats": 2, "iwae_k": 2,
+                       "iwae_images": 8, "bootstrap": 100},
+        "tracking": {"uri": mlflow_server, "experiment": experiment},
+    }  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-c", "from granvae.cli import main; main()", "sweep", "--data",
+           str(tmp_path / "data"), "--out", str(tmp_path / "sweep"), "--track"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    store = fast_store(mlflow_server, tmp_path)
+    seen: tuple[str, list[int]] | None = None
+    try:
+        deadline = time.monotonic() + 240
+        while seen is None and proc.poll() is None and time.monotonic() < deadline:
+            found = store.client.get_experiment_by_name(experiment)
+            runs = _runs(store, experiment, "g1-b2-d4-s0") if found else []
+            if runs and _steps(store, runs[0].info.run_id):
+                proc.send_signal(signal.SIGSTOP)  # hold the sweep still while we look
+                run = store.client.get_run(runs[0].info.run_id)
+                seen = run.info.status, _steps(store, run.info.run_id)
+                proc.send_signal(signal.SIGCONT)
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert seen is not None, f"no candidate run had epochs while the sweep ran:\n{out[-3000:]}"
+    status, steps = seen
+    assert status == "RUNNING" and steps == list(range(1, len(steps) + 1)), seen
+    assert len(steps) < epochs, f"all {epochs} epochs were there already: logged afterwards"
+    assert proc.returncode == 0, out[-3000:]
+    assert "training curves live in MLflow" in out and "workflowType=machine_learning" in out
+    for cid in ("g1-b2-d4-s0", "g2-b2-d4-s0"):
+        (run,) = _runs(store, experiment, cid)  # one run per candidate, completed
+        assert run.info.status == "FINISHED"
+        assert _steps(store, run.info.run_id) == list(range(1, epochs + 1))  # each epoch once
+        assert "recall_at_far" in run.data.metrics

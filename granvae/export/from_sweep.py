@@ -16,6 +16,7 @@ from granvae.data.frames import frame_contract
 from granvae.data.store import read_manifest
 from granvae.export.candidate import ExportResult, export_candidate
 from granvae.metrics import HEADLINE
+from granvae.project import recorded_path
 from granvae.select import load_rows
 
 CANDIDATE_KEYS = ("objective", "granularity", "beta", "alpha", "gamma", "latent_dim", "seed")
@@ -56,11 +57,12 @@ def export_from_sweep(
     if not rows or rows[0]["status"] != "finished":
         raise ValueError(f"{candidate_id}: no finished candidate of that id in {sweep_dir}")
     row, cdir = rows[0], sweep_dir / "candidates" / candidate_id
-    splits, data_meta = load_dataset(meta["data_dir"])
+    data_dir = recorded_path(meta["data_dir"], sweep_dir)  # relative to the sweep folder
+    splits, data_meta = load_dataset(data_dir)
     train = splits["train"]
     good = train.images[train.labels == 0]
     contract = frame_contract(
-        read_manifest(meta["data_dir"]).get("source"), good.shape[2:], good.shape[1], good
+        read_manifest(data_dir).get("source"), good.shape[2:], good.shape[1], good
     )
     return export_candidate(
         cdir,

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from granvae.metrics.thresholds import Threshold
 
@@ -95,6 +94,8 @@ def _auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     y_true = np.asarray(y_true).ravel()
     if y_true.size == 0 or np.all(y_true == y_true[0]):
         return float("nan")
+    from sklearn.metrics import roc_auc_score  # lazily: registry commands import this module
+
     return float(roc_auc_score(y_true, np.asarray(y_score, dtype=np.float64).ravel()))
 
 

@@ -24,7 +24,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 CONFIG_KEYS = (
@@ -62,6 +61,8 @@ def mean_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> di
     mean = float(x.mean())
     if n < 2:
         return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
+    from scipy import stats  # ~1 s: lazily, granvae.select (and `granvae models`) imports us
+
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
@@ -173,6 +174,8 @@ def paired_differences(
             s = mean_interval(diffs, confidence)
             p = math.nan
             if len(diffs) >= 2 and np.std(diffs) > 0:
+                from scipy import stats  # lazily, as in mean_interval
+
                 p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
             out.append({
                 "capacity": dict(zip(keys, cap, strict=True)), "granularity": g,

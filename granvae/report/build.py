@@ -19,6 +19,7 @@ import numpy as np
 
 from granvae.data import DatasetMeta, Split, load_dataset
 from granvae.metrics.inspection import per_class_table
+from granvae.project import recorded_path
 from granvae.report import html as H
 from granvae.report.intervals import PAIRED_METRICS, config_table, paired_table, v_verdict
 from granvae.report.pictures import (
@@ -99,7 +100,7 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def _data(view: SweepView, data_dir: Path | str | None) -> Data:
-    source = data_dir or view.sweep.get("data_dir")
+    source = data_dir or recorded_path(view.sweep.get("data_dir"), view.sweep_dir)
     if not source:
         raise FileNotFoundError("no data_dir given and sweep.json names none")
     return load_dataset(source)

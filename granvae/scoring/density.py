@@ -34,16 +34,9 @@ import numpy as np
 import torch
 
 from granvae.distributions import kl_to_standard_normal
+from granvae.score_rules import DENSITY_RULES, PARTS  # re-exported; torch-free names
 
 DENSITY_FILE = "tile_density.npz"
-PARTS = ("tile_elbo", "tile_knn", "res_max")
-# rule -> indices of the standardised parts it sums
-DENSITY_RULES: dict[str, tuple[int, ...]] = {
-    "tile_elbo": (0,),
-    "tile_knn": (1,),
-    "res_max": (2,),
-    "tile_fusion": (0, 1, 2),
-}
 FIT_TILES = 8192  # good grid tiles drawn from training images (half coreset, half moments)
 CORESET_SIZE = 1024  # codes the coreset keeps: the k-NN's cost on the edge is tiles x this
 

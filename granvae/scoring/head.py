@@ -33,16 +33,13 @@ from torch import nn
 from granvae.distributions import kl_to_standard_normal, recon_mean, recon_nll_map
 from granvae.models import FactorizedVAE
 from granvae.objectives import group_matrix
+from granvae.score_rules import SCORES, TILE_RULES, UNSMOOTHED_TILE_RULES  # noqa: F401 - torch-free
 from granvae.scoring import density, features, maps
 from granvae.scoring.stats import ScoreStats, ScoringConfig
 from granvae.scoring.tiling import Tiling
 
 FUSION_PARTS = ("zres_topk", "ssim_topk", "latent")
 NEEDS_STATS = frozenset({"zres_max", "zres_topk", "latent", "fusion"})
-SCORES = (
-    "neg_elbo", "recon", "nll_max", "l2_max", "l2_topk", "ssim_max", "ssim_topk",
-    "zres_max", "zres_topk", "latent", "fusion", "feat_knn",
-)  # fmt: skip
 
 
 class InspectionOutput(NamedTuple):
@@ -130,21 +127,6 @@ RULES: dict[str, tuple[ScoreFn, str]] = {
 }
 assert set(RULES) == set(SCORES)
 
-# Rules a tiled head can use: rule -> (the raw per-pixel map each tile emits, the reduction of
-# the stitched, smoothed map). Smoothing waits until the maps are stitched, so a tile border
-# never sees a padded edge; the summed and latent rules have no full-size map to stitch.
-TILE_RULES: dict[str, tuple[str, str]] = {
-    "nll_max": ("nll_raw", "max"),
-    "l2_max": ("l2_raw", "max"),
-    "l2_topk": ("l2_raw", "topk"),
-    "ssim_max": ("ssim_raw", "max"),
-    "ssim_topk": ("ssim_raw", "topk"),
-    "zres_max": ("zres_raw", "max"),
-    "zres_topk": ("zres_raw", "topk"),
-    # densities of the tile (granvae.scoring.density): stitched, never smoothed
-    **{rule: (rule, "max") for rule in density.DENSITY_RULES},
-}
-UNSMOOTHED_TILE_RULES = frozenset(density.DENSITY_RULES)
 
 
 def check_tile_rule(rule: str) -> tuple[str, str]:

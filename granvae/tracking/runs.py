@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+from granvae.project import recorded_path
 from granvae.tracking.store import Store, TrackingSettings
 
 Progress = Callable[[str], None]
@@ -82,6 +82,8 @@ def read_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """results.json if present (NaN as null), else results.csv."""
     if (sweep_dir / "results.json").exists():
         return json.loads((sweep_dir / "results.json").read_text())
+    import pandas as pd  # lazily: only old sweeps lack results.json; `granvae models` never
+
     table = pd.read_csv(sweep_dir / "results.csv")
     return [{k: _clean(v) for k, v in row.items()} for row in table.to_dict("records")]
 
@@ -91,6 +93,8 @@ def read_sweep(sweep_dir: Path | str, data_version: str | None = None) -> SweepI
     directory = Path(sweep_dir).resolve()
     meta_path = directory / "sweep.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("data_dir"):  # stored relative to the sweep folder: absolute from here on
+        meta["data_dir"] = str(recorded_path(meta["data_dir"], directory))
     started = meta.get("started") or (meta_path.stat().st_mtime if meta_path.exists() else 0)
     sweep_id = meta.get("sweep_id") or meta.get("id")
     if not sweep_id:

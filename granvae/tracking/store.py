@@ -26,10 +26,10 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from granvae.project import project_root
+from granvae.tracking.relocate import ARTIFACTS_DIR, experiment_folder, relocate_store
 
 T = TypeVar("T")
 DB_FILE = "mlflow.db"
-ARTIFACTS_DIR = "mlartifacts"
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 _TRANSIENT_TEXT = (
     "max retries exceeded",
@@ -95,6 +95,14 @@ def embedded_artifacts(workdir: Path | str) -> Path:
     return (Path(workdir) / ARTIFACTS_DIR).resolve()
 
 
+def open_embedded(workdir: Path | str) -> str:
+    """The embedded store's URI, its paths first pointed at `workdir` if the project was
+    moved or copied since they were written (granvae.tracking.relocate). Every opener of
+    the embedded store (Store, `granvae ui`) goes through here."""
+    relocate_store(Path(workdir) / DB_FILE)
+    return embedded_uri(workdir)
+
+
 def resolve_uri(settings: TrackingSettings) -> str:
     """Explicit setting > $MLFLOW_TRACKING_URI > the embedded sqlite store."""
     return settings.uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(settings.workdir)
@@ -141,6 +149,8 @@ class Store:
     def __init__(self, settings: TrackingSettings | None = None) -> None:
         self.settings = settings or TrackingSettings()
         self.uri = resolve_uri(self.settings)
+        if self.uri == embedded_uri(self.settings.workdir):  # never a server's store
+            open_embedded(self.settings.workdir)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -169,11 +179,12 @@ class Store:
         location = None
         if self.uri.startswith("sqlite:"):
             root = embedded_artifacts(self.settings.workdir)
-            location = (root / name.replace("/", "_")).as_uri()
+            location = (root / experiment_folder(name)).as_uri()
         try:
             # The kind tag says "training runs" to MLflow UIs that read it; MLflow 3.17's UI
             # does not (its GenAI/Model training switch decides): the links granvae prints
-            # carry workflowType=machine_learning (pipelines/artifacts.py, `granvae ui`).
+            # carry workflowType=machine_learning (pipelines/artifacts.py, `granvae ui`);
+            # docs/pipeline.md names the UI code that ignores the tag.
             return self.call(
                 "create experiment", self.client.create_experiment, name, location,
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from granvae.tracking.store import embedded_artifacts, embedded_uri
+from granvae.tracking.store import embedded_artifacts, embedded_uri, open_embedded
 
 # MLflow 3's UI picks its "GenAI" or "Model training" side from this query parameter (else
 # from the browser's last choice, GenAI in a fresh browser, which opens an experiment on an
@@ -96,6 +96,7 @@ def serve_ui(workdir: Path | str = ".", host: str = "127.0.0.1", port: int = 500
     """
     cmd = ui_command(workdir, host, port)
     check_port_free(host, port)
+    open_embedded(workdir)  # a moved project: its store's paths follow it before serving
     embedded_artifacts(workdir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: unused
