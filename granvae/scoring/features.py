@@ -32,6 +32,9 @@ FEATURE_FILE = "feature_bank.npz"
 BANK_SIZE = 4096  # coreset rows: the edge's cost is positions x this x channels
 POOL = 65536  # random training positions the coreset is chosen from
 BANK_CHUNK = 256  # bank rows per distance step: bounds memory at batch x positions x this
+# positions per step when scoring in torch: a (positions x chunk) block that stays in cache;
+# 256 images of 64 px at once ran 1.4x slower than 4 at a time (6.4 s against 4.6 s)
+POSITIONS_PER_STEP = 4096
 FEATURE_RULES = frozenset({"feat_knn"})
 
 
@@ -53,23 +56,34 @@ def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def nearest_distance(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """(N, K, h, w) features, (B, K) bank -> (N, h, w) distance to the nearest bank row.
 
-    The nearest row is found with the expansion |f|^2 - 2 f.b + |b|^2, which keeps memory at
+    The nearest row is found with the expansion -2 f.b + |b|^2, which keeps memory at
     N*h*w*chunk (the difference tensor would be N*h*w*B*K); the distance itself is then
-    taken from the difference to that row. The expansion alone cancels to float32 noise
+    taken once, from the difference to that row. The expansion alone cancels to float32 noise
     near a bank row, and the square root turns 1e-7 of noise into 3e-4 that torch and
     onnxruntime round differently. The bank is walked in fixed chunks, so the exported
     graph has the same static shape for any batch."""
     n, k, h, w = features.shape
-    flat = features.permute(0, 2, 3, 1).reshape(n, h * w, k)
-    f2 = flat.pow(2).sum(2, keepdim=True)
-    best = None
+    step = max(1, POSITIONS_PER_STEP // (h * w))
+    if n > step and not torch.onnx.is_in_onnx_export():
+        return torch.cat([nearest_distance(features[i : i + step], bank)
+                          for i in range(0, n, step)])  # fmt: skip
+    flat = features.permute(0, 2, 3, 1).reshape(n * h * w, k)
+    bank_sq = bank.pow(2).sum(1)
+    best_val = best_idx = None
     for start in range(0, bank.shape[0], BANK_CHUNK):
         chunk = bank[start : start + BANK_CHUNK]
-        d2 = f2 - 2.0 * flat @ chunk.t() + chunk.pow(2).sum(1)[None, None, :]
-        near = chunk[d2.argmin(2)]  # (N, h*w, K): each position's nearest row in this chunk
-        exact = (flat - near).pow(2).sum(2)
-        best = exact if best is None else torch.minimum(best, exact)
-    assert best is not None
+        # |b|^2 - 2 f.b ranks the rows as |f - b|^2 does (|f|^2 is the same for every row)
+        val, idx = torch.addmm(bank_sq[start : start + BANK_CHUNK], flat, chunk.t(),
+                               alpha=-2.0).min(1)  # fmt: skip
+        idx = idx + start
+        if best_val is None or best_idx is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val < best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+    assert best_idx is not None
+    best = (flat - bank[best_idx]).pow(2).sum(1)
     return best.sqrt().reshape(n, h, w)
 
 
