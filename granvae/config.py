@@ -94,7 +94,7 @@ class EvalConfig(BaseModel):
     tile_score: str | None = None
     # rules tried beside `score` by each whole-image candidate, which keeps the one with the
     # best recall on synthetic defects drawn on its own validation images (granvae.rule_choice;
-    # ties keep `score`); empty: always `score`
+    # a recall tie goes to the higher synthetic AUROC, then to `score`); empty: always `score`
     score_alternatives: list[str] = Field(default_factory=list)
 
     @field_validator("score")

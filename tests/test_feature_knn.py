@@ -37,6 +37,22 @@ def test_nearest_distance_is_the_exact_nearest_neighbour_across_bank_chunks() ->
     assert got[0, 0, 0] == pytest.approx(5**0.5 * 0.01, rel=1e-3)
 
 
+def test_images_scored_in_steps_match_all_at_once(monkeypatch) -> None:
+    """Torch scores a large batch a few images at a time (cache-sized blocks); the steps,
+    the last one partial, must give each image its own distances in its own place."""
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.rand(7, 5, 3, 4, generator=gen)
+    bank = torch.rand(300, 5, generator=gen)
+    whole = nearest_distance(feats, bank)
+    monkeypatch.setattr("granvae.scoring.features.POSITIONS_PER_STEP", 24)  # 2 images a step
+    stepped = nearest_distance(feats, bank)
+    assert stepped.shape == (7, 3, 4)
+    torch.testing.assert_close(stepped, whole, rtol=0, atol=0)
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, 5)
+    want = torch.cdist(flat.double(), bank.double()).min(1).values.reshape(7, 3, 4)
+    torch.testing.assert_close(stepped.double(), want, rtol=1e-5, atol=1e-6)
+
+
 def textures(n: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 (n, 1, SIZE, SIZE) crossed stripes of period 4, random phases and contrasts."""
     t = 2 * np.pi * np.arange(SIZE) / PERIOD
