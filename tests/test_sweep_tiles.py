@@ -21,7 +21,8 @@ TINY = {
     "sweep": {"granularities": [2], "betas": [1.0], "seeds": [0], "workers": 1,
               "tiles": [None, 16]},
     "evaluation": {"iwae_k": 2, "iwae_images": 16, "latency_repeats": 2,
-                   "disentanglement": False, "tile_score": "tile_fusion"},
+                   "disentanglement": False, "tile_score": "tile_fusion",
+                   "score_alternatives": []},  # the whole-image row keeps `score`
     "tiling": {"tiles_per_image": 2},
 }  # fmt: skip
 
