@@ -63,10 +63,11 @@ def nearest_distance(features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor
     onnxruntime round differently. The bank is walked in fixed chunks, so the exported
     graph has the same static shape for any batch."""
     n, k, h, w = features.shape
-    step = max(1, POSITIONS_PER_STEP // (h * w))
-    if n > step and not torch.onnx.is_in_onnx_export():
-        return torch.cat([nearest_distance(features[i : i + step], bank)
-                          for i in range(0, n, step)])  # fmt: skip
+    if not torch.onnx.is_in_onnx_export():  # the exported graph takes any batch whole
+        step = max(1, POSITIONS_PER_STEP // (h * w))
+        if n > step:
+            return torch.cat([nearest_distance(features[i : i + step], bank)
+                              for i in range(0, n, step)])  # fmt: skip
     flat = features.permute(0, 2, 3, 1).reshape(n * h * w, k)
     bank_sq = bank.pow(2).sum(1)
     best_val = best_idx = None
