@@ -108,7 +108,7 @@ def test_experiment_opens_on_training_runs_with_live_curves(chromium, mlflow_ser
             f"{mlflow_server}/#/experiments/{exp_id}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}"
         )
         page = ""
-        for attempt in range(3):  # the charts load after the page: a longer virtual budget
+        for attempt in range(5):  # the charts load after the page: a longer virtual budget
             page = _chromium(chart, tmp_path / f"profile-chart-{attempt}", "--dump-dom",
                              "--virtual-time-budget=60000").stdout  # fmt: skip
             if _points(page, "train/elbo"):
