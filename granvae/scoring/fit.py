@@ -25,6 +25,7 @@ from granvae.scoring.head import (
 )
 from granvae.scoring.stats import (
     MAX_FIT_IMAGES,
+    STATS_FILE,
     ScoreStats,
     ScoringConfig,
     component_moments,
@@ -130,15 +131,30 @@ def load_head(candidate_dir: Path | str, granularity: int, rule: str | None = No
     """
     candidate_dir = Path(candidate_dir)
     model = FactorizedVAE.load(candidate_dir / "model").eval()
-    groups = make_groups(model.config.latent_dim, granularity)
-    saved = ScoringConfig.load(candidate_dir) or ScoringConfig(rule="neg_elbo")
-    stats = ScoreStats.load(candidate_dir) if (candidate_dir / "score_stats.npz").exists() else None
+    return head_from_folder(model, make_groups(model.config.latent_dim, granularity),
+                            candidate_dir, rule)  # fmt: skip
+
+
+def head_from_folder(
+    model: FactorizedVAE,
+    groups: list[list[int]],
+    folder: Path | str,
+    rule: str | None = None,
+    default_rule: str = "neg_elbo",
+) -> InspectionHead:
+    """``model`` under the head saved beside it: scoring.json's rule and shape, and every
+    constant fitted for it (good-image statistics, tile densities, feat_knn's bank). One
+    reader for evaluation, export and the champion comparison, so a new constant cannot
+    reach one of them and not the others. ``default_rule`` when there is no scoring.json."""
+    folder = Path(folder)
+    saved = ScoringConfig.load(folder) or ScoringConfig(rule=default_rule)
+    stats = ScoreStats.load(folder) if (folder / STATS_FILE).exists() else None
     head = InspectionHead(
         model, groups, score=rule or saved.rule, stats=stats,
         smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac, tiling=saved.geometry(),
     )  # fmt: skip
-    tile_density = density.DensityStats.load(candidate_dir)
+    tile_density = density.DensityStats.load(folder)
     if tile_density is not None:
         density.set_stats(head, tile_density)
-    features.load_bank(head, candidate_dir)
+    features.load_bank(head, folder)
     return head

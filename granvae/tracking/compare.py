@@ -153,25 +153,14 @@ def _score_torch(folder: Path, images: np.ndarray, mv: ModelVersion) -> np.ndarr
     """The checkpoint through the head it was evaluated with (rule + fitted statistics)."""
     from granvae.models import FactorizedVAE
     from granvae.objectives import make_groups
-    from granvae.scoring import InspectionHead, ScoreStats, ScoringConfig, score_images
-    from granvae.scoring.density import DensityStats
-    from granvae.scoring.density import set_stats as set_density_stats
-    from granvae.scoring.features import load_bank
-    from granvae.scoring.stats import STATS_FILE
+    from granvae.scoring import score_images
+    from granvae.scoring.fit import head_from_folder
 
     model = FactorizedVAE.load(folder).eval()
     granularity = int(float(mv.tags.get("granularity") or 1))
     groups = make_groups(model.config.latent_dim, granularity)
-    saved = ScoringConfig.load(folder) or ScoringConfig(rule=mv.tags.get(SCORE_TAG) or "neg_elbo")
-    stats = ScoreStats.load(folder) if (folder / STATS_FILE).is_file() else None
-    head = InspectionHead(
-        model, groups, score=saved.rule, stats=stats,
-        smooth_sigma=saved.smooth_sigma, topk_frac=saved.topk_frac, tiling=saved.geometry(),
-    )  # fmt: skip
-    tile_density = DensityStats.load(folder)
-    if tile_density is not None:
-        set_density_stats(head, tile_density)
-    load_bank(head, folder)  # feat_knn's coreset
+    head = head_from_folder(model, groups, folder,
+                            default_rule=mv.tags.get(SCORE_TAG) or "neg_elbo")  # fmt: skip
     return score_images(head, images)["score"]
 
 
