@@ -32,18 +32,10 @@ from pathlib import Path
 
 import yaml
 
-# The same one-candidate run tests/pipeline_fixtures.ONE_CANDIDATE describes.
-TINY = {
-    "data": {"source": "surfaces", "n_train": 128, "n_val": 100, "n_test": 64,
-             "image_size": 32, "seed": 0},
-    "model": {"latent_dim": 4, "hidden": 64},
-    "sweep": {"granularities": [2], "betas": [4.0], "seeds": [0]},
-    "train": {"epochs": 1, "batch_size": 64},
-    "evaluation": {"iwae_k": 4, "iwae_images": 16, "latency_repeats": 2,
-                   "disentanglement": False},
-    "select": {"gates": [{"metric": "status", "op": "==", "value": "finished"}]},
-    "pipeline": {"max_workers": 1},
-}  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from pipeline_fixtures import ONE_CANDIDATE  # noqa: E402  (the tests' one-candidate run)
+
 # Run the real console entry point in a fresh interpreter; sys.argv[1:] are the CLI args.
 ENTRY = "import sys; from granvae.cli import main; sys.argv[0] = 'granvae'; main()"
 COMMANDS = (("--help",), ("models",), ("rollback",))  # rollback: refused, nothing to undo
@@ -53,7 +45,7 @@ HEAVY = ("torch", "mlflow", "sklearn", "pandas", "scipy.stats", "prefect", "gran
 def make_store(folder: Path) -> None:
     """A project folder with a registered version: `granvae retrain` on tiny params."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    (folder / "params.yaml").write_text(yaml.safe_dump(ONE_CANDIDATE, sort_keys=False))
     cmd = [sys.executable, "-c", ENTRY, "retrain", "--data-repo", str(folder / "data-repo"),
            "--set", f"pipeline.work_dir={folder / 'work'}"]  # fmt: skip
     started = time.perf_counter()
